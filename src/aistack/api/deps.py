@@ -1,0 +1,50 @@
+"""Request-scoped access to the runtime and to client-disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import Request
+
+from ..errors import ClientGone
+from ..runtime import Runtime
+from .middleware import mark_cancelled
+
+T = TypeVar("T")
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (then ClientGone, logged as 499)."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.create_task(watch())
+    try:
+        done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work_task.cancel()
+        watch_task.cancel()
+        raise
+    if work_task in done:
+        watch_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch_task
+        return work_task.result()
+    # The client left first: stop the work and wait for it to wind down so nothing outlives the request.
+    work_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await work_task
+    mark_cancelled(request.scope)
+    raise ClientGone()

@@ -1,0 +1,84 @@
+"""Every non-2xx response, from every route, as the one envelope (DESIGN §4)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import AistackError, ClientGone, ErrorKind, error_envelope
+
+log = logging.getLogger("aistack.errors")
+
+_KIND_BY_STATUS = {
+    401: ErrorKind.UNAUTHORIZED,
+    404: ErrorKind.NOT_FOUND,
+    413: ErrorKind.OVERFLOW,
+    499: ErrorKind.CANCELLED,
+    503: ErrorKind.NETWORK,
+    504: ErrorKind.TIMEOUT,
+}
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    """Raised while the body is still arriving; an HTTPException so that body parsers let it through."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            413,
+            f"the request body is larger than the {limit_bytes / 1024 / 1024:g} MB limit; send a smaller file "
+            "or raise AISTACK_MAX_UPLOAD_MB",
+        )
+
+
+def envelope_response(status: int, kind: ErrorKind, message: str, *, param: str | None = None,
+                      provider: str = "aistack", headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_envelope(kind, message, provider=provider, param=param), status_code=status, headers=headers)
+
+
+def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
+    location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    param = location[0] if location else None
+    if error.get("type") == "missing":
+        return f"the field '{param}' is required; send it as a form field (multipart/form-data) or JSON key", param
+    if param is None:
+        return f"the request body could not be read: {error.get('msg')}", None
+    return f"{param}: {error.get('msg')}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AistackError)
+    async def aistack_error(request: Request, error: AistackError) -> JSONResponse:
+        return envelope_response(error.status_code, error.kind, error.message, param=error.param,
+                                 provider=error.provider, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(error.errors()[0])
+        return envelope_response(400, ErrorKind.MALFORMED, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        status = error.status_code
+        kind = _KIND_BY_STATUS.get(status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
+        if status == 404 and error.detail == "Not Found":
+            message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see GET /v1/models)"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail)
+        return envelope_response(status, kind, message, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone) -> JSONResponse:
+        return envelope_response(499, ErrorKind.CANCELLED, "the client went away; the work was stopped")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope_response(500, ErrorKind.UNKNOWN,
+                                 f"aistack hit an internal error ({type(error).__name__}); the server log has the details")

@@ -1,0 +1,119 @@
+"""Cross-cutting ASGI middleware: request ids and the access log, body limits, API keys."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import ErrorKind
+from .errors import PayloadTooLarge, envelope_response
+
+access_log = logging.getLogger("aistack.access")
+
+MODEL_HEADER = "x-aistack-model"
+OUTCOME_KEY = "aistack.outcome"
+
+
+def mark_cancelled(scope: Scope) -> None:
+    """Record that the client went away, so the access log shows 499 whatever was sent."""
+    scope.setdefault("state", {})[OUTCOME_KEY] = "cancelled"
+
+
+class AccessLogMiddleware:
+    """Gives each request an id (X-Request-Id) and logs one line when it ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        status = 0
+        model = "-"
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, model
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_headers = list(message.get("headers") or [])
+                for key, value in response_headers:
+                    if key.lower() == MODEL_HEADER.encode():
+                        model = value.decode("latin-1")
+                response_headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": response_headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if scope.get("state", {}).get(OUTCOME_KEY) == "cancelled":
+                status = 499
+            access_log.info(
+                "%s %s %s %d model=%s %.1fms",
+                request_id, scope["method"], scope["path"], status or 500, model, (time.perf_counter() - started) * 1000,
+            )
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over the limit with 413 before reading them (Content-Length) or as soon as they pass it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            error = PayloadTooLarge(self.max_bytes)
+            await envelope_response(413, ErrorKind.OVERFLOW, str(error.detail), param="file")(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class ApiKeyMiddleware:
+    """When a key is configured, /v1 routes need `Authorization: Bearer KEY`."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.api_key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            supplied = (_header(scope, b"authorization") or "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(supplied.encode(), self.api_key.encode()):
+                message = "this gateway needs an API key: send `Authorization: Bearer <key>` with the key set in AISTACK_API_KEY"
+                await envelope_response(401, ErrorKind.UNAUTHORIZED, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or []:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+

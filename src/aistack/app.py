@@ -1,0 +1,29 @@
+"""The ASGI application: thin routers over the runtime, with the cross-cutting middleware around them."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api import audio, health, models
+from .api.errors import install_error_handlers
+from .api.middleware import AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware
+from .runtime import Runtime, build_runtime
+from .settings import Settings
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    app = FastAPI(
+        title="aistack",
+        version=__version__,
+        summary="One local gateway speaking the OpenAI API over the engines on this machine.",
+    )
+    app.state.runtime = runtime or build_runtime(settings)
+    install_error_handlers(app)
+    for router in (health.router, models.router, audio.router):
+        app.include_router(router)
+    # Added last runs first: the access log sees every request, including refused ones.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(AccessLogMiddleware)
+    return app

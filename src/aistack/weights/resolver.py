@@ -1,0 +1,157 @@
+"""Where a model's weights are on this machine (DESIGN §1).
+
+Order: an explicit path in config; the cache folder; a weights package installed from the package
+index. A package that carries a file in pieces is joined once into the cache: written under a
+temporary name, checked by size, then renamed, so an interrupted join never looks complete.
+Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..observability.progress import Progress
+from .catalog import PackagedFolder, PackagedParts
+
+log = logging.getLogger("aistack.weights")
+
+CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    model_id: str
+    path: Path
+    source: str  # "config" | "cache" | "package"
+    # Pieces still to be joined into `path` before the model can load.
+    pending_join: PackagedParts | None = None
+
+
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def is_complete_folder(path: Path, required: Sequence[str]) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in required)
+
+
+class WeightResolver:
+    """Finds weight folders; `required` names the files a folder must hold to be usable."""
+
+    def __init__(self, cache_dir: Path, explicit_paths: dict[str, Path]) -> None:
+        self.cache_dir = cache_dir
+        self.explicit_paths = explicit_paths
+
+    def cache_folder(self, model_id: str) -> Path:
+        return self.cache_dir / model_id
+
+    def resolve(
+        self,
+        model_id: str,
+        required: Sequence[str],
+        packaged: PackagedFolder | PackagedParts | None = None,
+    ) -> ResolvedWeights | None:
+        explicit = self.explicit_paths.get(model_id)
+        if explicit is not None:
+            path = Path(explicit).expanduser()
+            return ResolvedWeights(model_id, path, "config") if is_complete_folder(path, required) else None
+
+        cached = self.cache_folder(model_id)
+        if is_complete_folder(cached, required) and self._cache_matches_parts(cached, packaged):
+            return ResolvedWeights(model_id, cached, "cache")
+
+        if isinstance(packaged, PackagedFolder):
+            root = package_dir(packaged.package)
+            if root is not None and is_complete_folder(root / packaged.subdir, required):
+                return ResolvedWeights(model_id, root / packaged.subdir, "package")
+        elif isinstance(packaged, PackagedParts) and self._part_paths(packaged) is not None:
+            return ResolvedWeights(model_id, cached, "package", pending_join=packaged)
+        return None
+
+    def materialize(self, resolved: ResolvedWeights) -> Path:
+        """The folder to load from, joining packaged pieces first if needed (blocking)."""
+        if resolved.pending_join is not None:
+            join_parts(resolved.pending_join, self._part_paths(resolved.pending_join) or [], resolved.path)
+        return resolved.path
+
+    def _part_paths(self, parts: PackagedParts) -> list[Path] | None:
+        paths: list[Path] = []
+        for package, relative in parts.parts:
+            root = package_dir(package)
+            if root is None or not (root / relative).is_file():
+                return None
+            paths.append(root / relative)
+        side_root = package_dir(parts.side_dir[0])
+        if side_root is None or not all((side_root / parts.side_dir[1] / f).is_file() for f in parts.side_files):
+            return None
+        return paths
+
+    def _cache_matches_parts(self, folder: Path, packaged: PackagedFolder | PackagedParts | None) -> bool:
+        if not isinstance(packaged, PackagedParts) or packaged.expected_size is None:
+            return True
+        return (folder / packaged.target).stat().st_size == packaged.expected_size
+
+
+def join_parts(
+    parts: PackagedParts,
+    part_paths: Sequence[Path],
+    destination: Path,
+    progress_factory: Callable[[int, str], Progress] = Progress,
+) -> None:
+    """Join `part_paths` into `destination/parts.target` atomically, with its side files beside it."""
+    if not part_paths:
+        raise FileNotFoundError(f"the packages {', '.join(parts.packages)} are not all installed")
+    destination.mkdir(parents=True, exist_ok=True)
+    side_root = package_dir(parts.side_dir[0])
+    assert side_root is not None
+    for name in parts.side_files:
+        _atomic_copy(side_root / parts.side_dir[1] / name, destination / name)
+
+    total = sum(p.stat().st_size for p in part_paths)
+    if parts.expected_size is not None and total != parts.expected_size:
+        raise OSError(
+            f"the pieces of {destination.name}/{parts.target} add up to {total} bytes, expected "
+            f"{parts.expected_size}; reinstall {' '.join(parts.packages)}"
+        )
+    target = destination / parts.target
+    for stale in destination.glob(f".{parts.target}.*.partial"):
+        stale.unlink(missing_ok=True)
+    temporary = destination / f".{parts.target}.{os.getpid()}.partial"
+    try:
+        with progress_factory(total, f"joining {destination.name}") as progress, open(temporary, "wb") as out:
+            for piece in part_paths:
+                with open(piece, "rb") as src:
+                    while chunk := src.read(CHUNK):
+                        out.write(chunk)
+                        progress.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        written = temporary.stat().st_size
+        if written != total:
+            raise OSError(f"joined {written} bytes of {total} for {target}; run the command again")
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    log.info("joined %s (%.1f MB)", target, total / 1e6)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
