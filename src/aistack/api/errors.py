@@ -30,7 +30,7 @@ class PayloadTooLarge(StarletteHTTPException):
     def __init__(self, limit_bytes: int) -> None:
         super().__init__(
             413,
-            f"the request body is larger than the {limit_bytes / 1024 / 1024:g} MB limit; send a smaller file "
+            f"the request body is larger than the {limit_bytes / 1024 / 1024:.3g} MB limit; send a smaller file "
             "or raise AISTACK_MAX_UPLOAD_MB",
         )
 

@@ -77,7 +77,7 @@ class BodyLimitMiddleware:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             error = PayloadTooLarge(self.max_bytes)
-            await envelope_response(413, ErrorKind.OVERFLOW, str(error.detail), param="file")(scope, receive, send)
+            await envelope_response(413, ErrorKind.OVERFLOW, str(error.detail))(scope, receive, send)
             return
         received = 0
 
