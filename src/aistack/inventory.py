@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +63,7 @@ class Inventory:
         self.ttl_s = ttl_s
         self._snapshot: Snapshot | None = None
         self._refreshing: asyncio.Task[Snapshot] | None = None
+        self._probes_in_flight: dict[str, Future[BackendStatus]] = {}
 
     async def snapshot(self) -> Snapshot:
         current = self._snapshot
@@ -79,9 +82,31 @@ class Inventory:
         self._snapshot = Snapshot(tuple(statuses), time.monotonic())
         return self._snapshot
 
+    def _probe_future(self, backend: Backend) -> Future[BackendStatus]:
+        """The backend's running probe, or a new one on its own daemon thread.
+
+        A probe that hangs keeps its thread; reusing it (rather than starting another each refresh)
+        bounds the threads at one per backend and never starves the other backends' probes.
+        """
+        running = self._probes_in_flight.get(backend.provider)
+        if running is not None and not running.done():
+            return running
+        future: Future[BackendStatus] = Future()
+
+        def probe() -> None:
+            try:
+                future.set_result(backend.probe())
+            except BaseException as error:  # noqa: BLE001 - handed to the waiting coroutine
+                future.set_exception(error)
+
+        threading.Thread(target=probe, name=f"aistack-probe-{backend.provider}", daemon=True).start()
+        self._probes_in_flight[backend.provider] = future
+        return future
+
     async def _probe(self, backend: Backend) -> BackendStatus:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(backend.probe), self.probe_timeout_s)
+            future = asyncio.wrap_future(self._probe_future(backend))
+            return await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)
         except asyncio.TimeoutError:
             reason = f"its probe did not answer within {self.probe_timeout_s:g} s"
         except Exception as error:  # a broken backend must not break the listing

@@ -276,12 +276,6 @@ def test_a_join_overwrites_a_wrong_model_atomically(split, cache):
     assert leftovers(cache / "m") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="join_parts deletes every `.model.bin.*.partial` before it starts, including the file a "
-    "concurrent join (another process, e.g. `aistack pull` beside a serving gateway) is still "
-    "writing; that join then fails with FileNotFoundError on its own temporary file",
-)
 def test_two_overlapping_joins_both_succeed(split, tmp_path):
     destination = tmp_path / "out"
     errors: list[BaseException] = []

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,9 @@ def join_parts(
             f"{parts.expected_size}; reinstall {' '.join(parts.packages)}"
         )
     target = destination / parts.target
-    for stale in destination.glob(f".{parts.target}.*.partial"):
-        stale.unlink(missing_ok=True)
-    temporary = destination / f".{parts.target}.{os.getpid()}.partial"
+    _remove_stale_partials(destination, parts.target)
+    # Unique per join, so two joins into one cache (two processes, two threads) never share a file.
+    temporary = destination / f".{parts.target}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial"
     try:
         with progress_factory(total, f"joining {destination.name}") as progress, open(temporary, "wb") as out:
             for piece in part_paths:
@@ -148,8 +149,27 @@ def join_parts(
     log.info("joined %s (%.1f MB)", target, total / 1e6)
 
 
+def _remove_stale_partials(folder: Path, target: str) -> None:
+    """Delete pieces left by joins whose process died; a live process's file is still being written."""
+    prefix = f".{target}."
+    for partial in folder.glob(f"{prefix}*.partial"):
+        owner = partial.name[len(prefix) : -len(".partial")].split(".", 1)[0]
+        if owner.isdigit() and not _process_alive(int(owner)):
+            partial.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _atomic_copy(source: Path, target: Path) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
         shutil.copyfile(source, temporary)
         os.replace(temporary, target)
