@@ -55,6 +55,18 @@ def wait_until(condition, timeout: float = 15.0) -> bool:
     return False
 
 
+def hold_second_segment_until_cancelled(gateway, access_log: AccessLogWatcher):
+    """Record decoded segments, holding the engine after the second until the access log shows 499."""
+    decoded: list[int] = []
+
+    def hold(model_id: str, index: int) -> None:
+        decoded.append(index)
+        if index == 1:
+            access_log.cancelled.wait(HOLD_LIMIT_S)
+
+    return decoded, gateway.runtime.events.on_segment(hold)
+
+
 def test_first_delta_reaches_the_client_before_the_last_segment_is_decoded(make_inprocess_gateway, long_wav: Path) -> None:
     gateway = make_inprocess_gateway()
     first_delta_seen = threading.Event()
@@ -94,14 +106,7 @@ def test_first_delta_reaches_the_client_before_the_last_segment_is_decoded(make_
 
 def test_streaming_client_that_leaves_stops_decoding(make_inprocess_gateway, long_wav: Path, access_log) -> None:
     gateway = make_inprocess_gateway()
-    decoded: list[int] = []
-
-    def hold_until_cancelled(model_id: str, index: int) -> None:
-        decoded.append(index)
-        if index == 1:
-            access_log.cancelled.wait(HOLD_LIMIT_S)
-
-    remove = gateway.runtime.events.on_segment(hold_until_cancelled)
+    decoded, remove = hold_second_segment_until_cancelled(gateway, access_log)
     try:
         with gateway.client() as client, open(long_wav, "rb") as audio:
             with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
@@ -119,14 +124,7 @@ def test_streaming_client_that_leaves_stops_decoding(make_inprocess_gateway, lon
 
 def test_waiting_client_that_leaves_stops_decoding(make_inprocess_gateway, long_wav: Path, access_log) -> None:
     gateway = make_inprocess_gateway()
-    decoded: list[int] = []
-
-    def hold_until_cancelled(model_id: str, index: int) -> None:
-        decoded.append(index)
-        if index == 1:
-            access_log.cancelled.wait(HOLD_LIMIT_S)
-
-    remove = gateway.runtime.events.on_segment(hold_until_cancelled)
+    decoded, remove = hold_second_segment_until_cancelled(gateway, access_log)
     try:
         with httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(30, read=1.0)) as client, open(long_wav, "rb") as audio:
             with pytest.raises(httpx.ReadTimeout):
