@@ -116,7 +116,10 @@ def oracle(
     task: str = "transcribe",
     whisper_only: bool = False,
 ) -> set[str] | None:
-    """The ids that may answer (a set only where DESIGN leaves a tie open), or None for 503."""
+    """The ids that may answer (a set only where DESIGN leaves a tie open), None for 503, or
+    "malformed" for a language no engine lists at all (the request is wrong, not the install)."""
+    if hint is not None and hint not in (*WHISPER_LANGUAGES, *PARAKEET_LANGUAGES, *SENSEVOICE_LANGUAGES):
+        return "malformed"
     speech = [c for c in cards if "asr" in c.capabilities]
     if task == "translate":
         speech = [c for c in speech if c.can_translate]
@@ -159,9 +162,11 @@ def check(hint, cards, preferred, **kwargs) -> str | None:
     except AistackError as error:
         if expected is None and error.kind is ErrorKind.NETWORK and error.status_code == 503 and error.message:
             return None
+        if expected == "malformed" and error.kind is ErrorKind.MALFORMED and error.param == "language":
+            return None
         return f"raised {error.kind.value}/{error.status_code} ({error.message}), expected {expected}"
-    if expected is None:
-        return f"picked {got.id}, expected 503 network"
+    if expected is None or expected == "malformed":
+        return f"picked {got.id}, expected {expected or '503 network'}"
     if got.id not in expected:
         return f"picked {got.id}, expected {sorted(expected)}"
     if got not in cards:
@@ -218,7 +223,7 @@ def test_whisper_alias_never_leaves_the_whisper_family(hint, task):
         try:
             chosen = route(hint, cards, preferred_ids=("whisper-small",), rules=WHISPER_ONLY, fall_through=False, task=task)
         except AistackError as error:
-            assert error.kind is ErrorKind.NETWORK
+            assert error.kind in (ErrorKind.NETWORK, ErrorKind.MALFORMED)
             continue
         assert chosen.family == "whisper"
 
@@ -311,8 +316,8 @@ def test_nothing_visible_is_503_network_with_a_fix(hint):
 def test_a_language_no_engine_lists_is_refused_even_with_everything_visible(hint):
     with pytest.raises(AistackError) as caught:
         route(hint, ALL, preferred_ids=("whisper-small",))
-    assert caught.value.kind is ErrorKind.NETWORK
-    assert hint in caught.value.message
+    assert caught.value.kind is ErrorKind.MALFORMED and caught.value.status_code == 400
+    assert caught.value.param == "language" and hint in caught.value.message
 
 
 def test_unlisted_codes_really_are_unlisted():

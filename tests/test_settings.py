@@ -142,3 +142,14 @@ def test_model_paths_from_file(tmp_path):
 def test_settings_without_load_settings_ignore_any_file(tmp_path):
     write_toml(tmp_path, FILE)  # in the working directory, but never named
     assert Settings().port == 11500
+
+
+def test_an_unknown_whisper_default_size_is_refused_with_the_choices():
+    from pydantic import ValidationError
+
+    from aistack.settings import WhisperSettings
+
+    with pytest.raises(ValidationError) as raised:
+        WhisperSettings(default_size="huge")
+    assert "large-v3" in str(raised.value) and "tiny.en" in str(raised.value)
+    assert WhisperSettings(default_size="whisper-base").default_size == "whisper-base"

@@ -40,6 +40,9 @@ PARAKEET_LANGUAGES: tuple[str, ...] = tuple(
 
 SENSEVOICE_LANGUAGES: tuple[str, ...] = ("zh", "yue", "ja", "ko", "en")
 
+# Every language some speech-to-text engine aistack runs can transcribe.
+KNOWN_ASR_LANGUAGES: frozenset[str] = frozenset(WHISPER_LANGUAGES) | frozenset(PARAKEET_LANGUAGES) | frozenset(SENSEVOICE_LANGUAGES)
+
 # DESIGN §3: hints that prefer the CJK/tonal engine.
 CJK_LANGUAGES: frozenset[str] = frozenset({"zh", "yue", "ja", "ko"})
 

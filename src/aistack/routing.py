@@ -3,7 +3,8 @@
 Rules are tried in order; a rule applies when the hint is in its languages (a rule with no
 languages applies to any hint, or none). A rule whose family has no visible model that
 transcribes the hint falls through to the next. After the last rule, any visible model that
-transcribes the hint serves; with nothing left the request gets 503 `network`.
+transcribes the hint serves; with nothing left the request gets 503 `network`. A hint that no
+engine aistack runs could ever transcribe is the request's fault: 400 `malformed`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .engines.base import ModelCard, Task
-from .errors import network
-from .languages import CJK_LANGUAGES, PARAKEET_LANGUAGES
+from .errors import malformed, network
+from .languages import CJK_LANGUAGES, KNOWN_ASR_LANGUAGES, PARAKEET_LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def route(
     task: Task = "transcribe",
 ) -> ModelCard:
     """The model that serves a request with language `hint`; `preferred_ids` win within a family."""
+    if hint is not None and hint not in KNOWN_ASR_LANGUAGES:
+        raise unsupported_language(hint)
     visible = eligible(cards, task)
     for rule in rules:
         if not rule.applies_to(hint):
@@ -71,6 +74,14 @@ def route(
         if chosen is not None:
             return chosen
     raise _nothing_to_serve(hint, visible, task)
+
+
+def unsupported_language(hint: str) -> Exception:
+    return malformed(
+        f"no speech-to-text engine transcribes language '{hint}'; leave `language` out to detect it, "
+        "or send one of the codes listed under `languages` in GET /v1/models",
+        param="language",
+    )
 
 
 def _nothing_to_serve(hint: str | None, visible: list[ModelCard], task: Task) -> Exception:

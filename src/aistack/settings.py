@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,16 @@ class WhisperSettings(BaseModel):
     cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 pick.")
     beam_size: int = Field(5, ge=1, le=16)
     vad_filter: bool = False
+
+    @field_validator("default_size")
+    @classmethod
+    def _known_size(cls, size: str) -> str:
+        from .weights.catalog import WHISPER_BY_ID, whisper_id_for_size
+
+        if whisper_id_for_size(size) not in WHISPER_BY_ID:
+            sizes = ", ".join(model_id.removeprefix("whisper-") for model_id in WHISPER_BY_ID)
+            raise ValueError(f"unknown Whisper size '{size}'; choose one of: {sizes}")
+        return size
 
 
 class Settings(BaseSettings):

@@ -122,10 +122,20 @@ def test_auto_serves_the_configured_default_size(make_inprocess_gateway, english
     assert response.headers["x-aistack-model"] == "whisper-tiny.en"
 
 
-def test_prompt_and_temperature_are_accepted(gateway: Gateway, english_wav: Path) -> None:
-    response = post(gateway, english_wav, model="whisper-tiny.en", prompt="Quick Brown Fox.", temperature="0")
+def test_prompt_and_temperature_reach_the_engine(gateway: Gateway, english_wav: Path) -> None:
+    response = post(gateway, english_wav, model="whisper-tiny.en", prompt="Quick Brown Fox.", temperature="0.3",
+                    response_format="verbose_json")
     assert response.status_code == 200, response.text
     assert "fox" in words(response.json()["text"])
+    # Without a temperature the engine starts its fallback schedule at 0.0; with one it decodes at that value.
+    assert {s["temperature"] for s in response.json()["segments"]} == {0.3}
+
+
+def test_language_no_engine_transcribes(gateway: Gateway, english_wav: Path) -> None:
+    for model in ("auto", "whisper-base", "whisper-1"):
+        response = post(gateway, english_wav, model=model, language="zu")
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "language"
 
 
 def test_translation_to_english(gateway: Gateway, german_wav: Path) -> None:

@@ -81,16 +81,18 @@ async def _serve(
     stream: bool,
 ) -> Response:
     audio = await asyncio.to_thread(decode_audio, file.file)
-    headers = {MODEL_HEADER: card.id}
     service = runtime.transcription
+    # Loaded before any byte is sent, so a load failure is a proper error status, even when streaming.
+    transcriber = await until_disconnected(request, service.load(card))
+    headers = {MODEL_HEADER: card.id}
     if stream:
-        events = service.stream_events(card, audio, options)
+        events = service.stream_events(transcriber, audio, options)
         return StreamingResponse(
             _cancellable(request, events),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    transcript = await until_disconnected(request, service.transcribe(card, audio, options))
+    transcript = await until_disconnected(request, service.transcribe(transcriber, audio, options))
     body = render(transcript, response_format, granularities)
     if isinstance(body, str):
         return Response(body, media_type=MEDIA_TYPES[response_format], headers=headers)
@@ -98,11 +100,13 @@ async def _serve(
 
 
 async def _cancellable(request: Request, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay the events; a stream that ends any other way than running out was left by its client."""
+    finished = False
     try:
         async for chunk in events:
             yield chunk
-    except asyncio.CancelledError:
-        mark_cancelled(request.scope)
-        raise
+        finished = True
     finally:
+        if not finished:
+            mark_cancelled(request.scope)
         await events.aclose()  # type: ignore[attr-defined]

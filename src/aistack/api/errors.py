@@ -24,15 +24,18 @@ _KIND_BY_STATUS = {
 }
 
 
+def too_large_message(limit_bytes: int) -> str:
+    return (
+        f"the request body is larger than the {limit_bytes / 1024 / 1024:.3g} MB limit; send a smaller file "
+        "or raise AISTACK_MAX_UPLOAD_MB"
+    )
+
+
 class PayloadTooLarge(StarletteHTTPException):
     """Raised while the body is still arriving; an HTTPException so that body parsers let it through."""
 
     def __init__(self, limit_bytes: int) -> None:
-        super().__init__(
-            413,
-            f"the request body is larger than the {limit_bytes / 1024 / 1024:.3g} MB limit; send a smaller file "
-            "or raise AISTACK_MAX_UPLOAD_MB",
-        )
+        super().__init__(413, too_large_message(limit_bytes))
 
 
 def envelope_response(status: int, kind: ErrorKind, message: str, *, param: str | None = None,
@@ -42,9 +45,10 @@ def envelope_response(status: int, kind: ErrorKind, message: str, *, param: str 
 
 def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
     location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    param = location[0] if location else None
+    # Multipart arrays arrive as `name[]`; the envelope names the field itself.
+    param = location[0].removesuffix("[]") if location else None
     if error.get("type") == "missing":
-        return f"the field '{param}' is required; send it as a form field (multipart/form-data) or JSON key", param
+        return f"the field '{param}' is required in the request body", param
     if param is None:
         return f"the request body could not be read: {error.get('msg')}", None
     return f"{param}: {error.get('msg')}", param
@@ -65,12 +69,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         status = error.status_code
         kind = _KIND_BY_STATUS.get(status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
+        message = str(error.detail)
         if status == 404 and error.detail == "Not Found":
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see GET /v1/models)"
         elif status == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(error.detail)
+            # DESIGN §4 ties each kind to one status: a wrong method is a malformed request, 400.
+            allowed = next((v for k, v in (error.headers or {}).items() if k.lower() == "allow"), "")
+            message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
+            status = 400
         return envelope_response(status, kind, message, headers=getattr(error, "headers", None))
 
     @app.exception_handler(ClientGone)

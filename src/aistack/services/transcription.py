@@ -19,7 +19,8 @@ from ..engines.base import Backend, ModelCard, Segment, Task, TranscribeOptions,
 from ..errors import AistackError, ErrorKind, malformed, network, not_found
 from ..inventory import AUTO_ID, Inventory, Snapshot
 from ..observability.events import EngineEvents
-from ..routing import WHISPER_ONLY, route, transcribes
+from ..languages import KNOWN_ASR_LANGUAGES
+from ..routing import WHISPER_ONLY, route, transcribes, unsupported_language
 from ..scheduler import Scheduler
 
 log = logging.getLogger("aistack.transcription")
@@ -59,6 +60,8 @@ class TranscriptionService:
             translators = [c.id for c in snapshot.asr_cards() if c.can_translate]
             hint = f"use one of: {', '.join(translators)}" if translators else "install multilingual Whisper weights (see `aistack doctor`)"
             raise malformed(f"model '{model}' cannot translate to English; {hint}", param="model")
+        if language is not None and language not in KNOWN_ASR_LANGUAGES:
+            raise unsupported_language(language)
         if not transcribes(card, language):
             able = [c.id for c in snapshot.asr_cards() if transcribes(c, language)]
             hint = f"use {AUTO_ID} or one of: {', '.join(able)}" if able else "install a multilingual model (see `aistack doctor`)"
@@ -72,7 +75,8 @@ class TranscriptionService:
                     return network(f"model '{model}' is not installed ({missing.reason}); to install it: {missing.fix}", provider=status.provider)
         return not_found(f"model '{model}' does not exist here; available speech-to-text models: {_asr_ids(snapshot)}", param="model")
 
-    async def _transcriber(self, card: ModelCard) -> Transcriber:
+    async def load(self, card: ModelCard) -> Transcriber:
+        """The loaded model, loading it on first use; a failure is a 500 naming the engine."""
         try:
             return await self._backends[card.provider].acquire(card)
         except Exception as error:
@@ -80,10 +84,10 @@ class TranscriptionService:
             raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} could not load {card.id}: {error}", provider=card.provider) from None
 
     async def run(
-        self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions
+        self, transcriber: Transcriber, audio: np.ndarray, options: TranscribeOptions
     ) -> AsyncIterator[TranscriptionInfo | Segment]:
         """The detected info first, then each segment as the engine decodes it."""
-        transcriber = await self._transcriber(card)
+        card = transcriber.card
         events = self._events
 
         def produce() -> Iterator[TranscriptionInfo | Segment]:
@@ -97,30 +101,32 @@ class TranscriptionService:
             async with aclosing(self._scheduler.stream(card.provider, produce)) as items:
                 async for item in items:
                     yield item
-        except (AistackError, GeneratorExit):
+        except AistackError:
             raise
         except Exception as error:
             log.exception("%s failed on %s", card.provider, card.id)
             raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} failed while decoding: {error}", provider=card.provider) from None
 
-    async def transcribe(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+    async def transcribe(self, transcriber: Transcriber, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         info: TranscriptionInfo | None = None
         segments: list[Segment] = []
-        async with aclosing(self.run(card, audio, options)) as items:
+        async with aclosing(self.run(transcriber, audio, options)) as items:
             async for item in items:
                 if isinstance(item, TranscriptionInfo):
                     info = item
                 else:
                     segments.append(item)
         assert info is not None
-        return Transcript(card.id, options.task, info, tuple(segments))
+        return Transcript(transcriber.card.id, options.task, info, tuple(segments))
 
-    async def stream_events(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[bytes]:
+    async def stream_events(
+        self, transcriber: Transcriber, audio: np.ndarray, options: TranscribeOptions
+    ) -> AsyncIterator[bytes]:
         """SSE: a delta and a segment event per decoded segment, then done; an error event if decoding fails."""
         pieces: list[str] = []
         duration = 0.0
         try:
-            async with aclosing(self.run(card, audio, options)) as items:
+            async with aclosing(self.run(transcriber, audio, options)) as items:
                 async for item in items:
                     if isinstance(item, TranscriptionInfo):
                         duration = item.duration

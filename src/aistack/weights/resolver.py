@@ -98,6 +98,9 @@ class WeightResolver:
         side_root = package_dir(parts.side_dir[0])
         if side_root is None or not all((side_root / parts.side_dir[1] / f).is_file() for f in parts.side_files):
             return None
+        if parts.expected_size is not None and sum(p.stat().st_size for p in paths) != parts.expected_size:
+            log.warning("the pieces in %s do not add up to %d bytes; ignoring them", ", ".join(parts.packages), parts.expected_size)
+            return None
         return paths
 
     def _cache_matches_parts(self, folder: Path, packaged: PackagedFolder | PackagedParts | None) -> bool:
