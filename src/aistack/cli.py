@@ -27,21 +27,22 @@ DISTRIBUTIONS = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aistack", description="Local OpenAI-compatible AI gateway.")
     parser.add_argument("--version", action="version", version=f"aistack {__version__}")
-    parser.add_argument("--config", type=Path, help="TOML settings file (also AISTACK_CONFIG)")
+    # Accepted before or after the command: `aistack --config F models` and `aistack serve --config F`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML settings file (also AISTACK_CONFIG)")
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file (also AISTACK_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the gateway")
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 11500; 0 picks a free one)")
-    serve.add_argument("--config", type=Path, dest="sub_config", help="TOML settings file")
-    commands.add_parser("models", help="the live inventory as a table")
-    commands.add_parser("doctor", help="what is installed, what is visible, and how to fix what is not")
+    commands.add_parser("models", parents=[common], help="the live inventory as a table")
+    commands.add_parser("doctor", parents=[common], help="what is installed, what is visible, and how to fix what is not")
 
     args = parser.parse_args(argv)
-    config = getattr(args, "sub_config", None) or args.config
     try:
-        settings = load_settings(config, host=getattr(args, "host", None), port=getattr(args, "port", None))
-    except (FileNotFoundError, ValueError) as error:
+        settings = load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+    except (FileNotFoundError, ValueError) as error:  # pydantic's ValidationError is a ValueError
         print(f"aistack: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)

@@ -98,9 +98,5 @@ def network(message: str, *, provider: str = "aistack") -> AistackError:
     return AistackError(ErrorKind.NETWORK, message, provider=provider)
 
 
-def overflow(message: str, *, param: str | None = None) -> AistackError:
-    return AistackError(ErrorKind.OVERFLOW, message, param=param)
-
-
 class ClientGone(Exception):
     """The client disconnected; the work was stopped and the request is logged as 499."""

@@ -25,10 +25,6 @@ class Runtime:
     events: EngineEvents
     transcription: TranscriptionService
 
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        return self.inventory.backends
-
     def prepare_weights(self) -> list[str]:
         """Blocking set-up done before serving: joins packaged weight pieces (with progress)."""
         return self.whisper.prepare()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ..engines.base import Segment, Task, TranscriptionInfo
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
-Granularity = Literal["word", "segment"]
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",

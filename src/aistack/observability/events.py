@@ -17,7 +17,6 @@ class EngineEvents:
     def __init__(self) -> None:
         self._segment_listeners: list[SegmentListener] = []
         self._lock = threading.Lock()
-        self.segments_decoded = 0
 
     def on_segment(self, listener: SegmentListener) -> Callable[[], None]:
         with self._lock:
@@ -31,7 +30,6 @@ class EngineEvents:
 
     def segment_decoded(self, model_id: str, index: int) -> None:
         with self._lock:
-            self.segments_decoded += 1
             listeners = list(self._segment_listeners)
         for listener in listeners:
             try:
