@@ -56,8 +56,12 @@ class Speech:
     def piper(self, name: str, text: str) -> Path:
         if name not in self.made:
             path = self.folder / f"{name}.wav"
+            from piper import SynthesisConfig
+
+            # Without Piper's noise the same text gives the same samples, so runs are reproducible.
+            still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
             with wave.open(str(path), "wb") as out:
-                self.voice.synthesize_wav(text, out)  # type: ignore[attr-defined]
+                self.voice.synthesize_wav(text, out, syn_config=still)  # type: ignore[attr-defined]
             self.made[name] = path
         return self.made[name]
 
