@@ -60,7 +60,7 @@ def test_missing_config_file_is_a_clear_error(models_cache: Path, tmp_path: Path
 def test_serve_reads_a_toml_config_and_flags_override_it(models_cache: Path, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "aistack.toml"
-    config.write_text(f'port = 1\nmax_upload_mb = 0.01\n\n[whisper]\ndefault_size = "tiny.en"\n')
+    config.write_text('port = 1\nmax_upload_mb = 0.01\n\n[whisper]\ndefault_size = "tiny.en"\n')
     process = subprocess.Popen(
         [sys.executable, "-m", "aistack", "serve", "--config", str(config), "--port", str(port)],
         env={**os.environ, "AISTACK_CACHE_DIR": str(models_cache)},

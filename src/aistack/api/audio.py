@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..audio.decode import decode_audio
@@ -15,7 +15,7 @@ from ..engines.base import ModelCard, TranscribeOptions
 from ..errors import malformed
 from ..languages import normalize_language
 from ..runtime import Runtime
-from .deps import get_runtime, until_disconnected
+from .deps import RuntimeDep, until_disconnected
 from .middleware import MODEL_HEADER, mark_cancelled
 
 router = APIRouter(tags=["audio"])
@@ -34,7 +34,7 @@ FormatField = Annotated[ResponseFormatName, Form()]
 async def create_transcription(
     request: Request,
     file: AudioFile,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
+    runtime: RuntimeDep,
     model: ModelField = "auto",
     language: Annotated[str | None, Form(description="ISO 639-1 code of the speech; detected when absent.")] = None,
     prompt: PromptField = None,
@@ -59,7 +59,7 @@ async def create_transcription(
 async def create_translation(
     request: Request,
     file: AudioFile,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
+    runtime: RuntimeDep,
     model: ModelField = "auto",
     prompt: PromptField = None,
     temperature: TemperatureField = None,

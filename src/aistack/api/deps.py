@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from ..errors import ClientGone
 from ..runtime import Runtime
@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from .. import __version__
-from ..runtime import Runtime
-from .deps import get_runtime
+from .deps import RuntimeDep
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +18,7 @@ async def health() -> dict[str, Any]:
 
 
 @router.get("/ready")
-async def ready(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+async def ready(runtime: RuntimeDep) -> dict[str, Any]:
     snapshot = await runtime.inventory.snapshot()
     running = runtime.scheduler.running()
     engines = {

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
 from ..engines.base import ModelCard
 from ..errors import not_found
 from ..inventory import AUTO_ID
-from ..runtime import Runtime
-from .deps import get_runtime
+from .deps import RuntimeDep
 
 router = APIRouter(tags=["models"])
 
@@ -31,13 +30,13 @@ def model_json(card: ModelCard) -> dict[str, Any]:
 
 
 @router.get("/v1/models")
-async def list_models(runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     snapshot = await runtime.inventory.snapshot()
     return {"object": "list", "data": [model_json(c) for c in snapshot.listing()]}
 
 
 @router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, runtime: Runtime = Depends(get_runtime)) -> dict[str, Any]:
+async def get_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     snapshot = await runtime.inventory.snapshot()
     for card in snapshot.listing():
         if card.id == model_id:
