@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from . import __version__
-from .api import audio, health, models
+from .api import admin, audio, health, models
 from .api.errors import install_error_handlers
-from .api.middleware import AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware
+from .api.middleware import (
+    AccessLogMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    RequestCleanupMiddleware,
+)
 from .runtime import Runtime, build_runtime
 from .settings import Settings
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    held = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await held.start()
+        try:
+            yield
+        finally:
+            await held.stop()
+
     app = FastAPI(
         title="aistack",
         version=__version__,
         summary="One local gateway speaking the OpenAI API over the engines on this machine.",
+        lifespan=lifespan,
     )
-    app.state.runtime = runtime or build_runtime(settings)
+    app.state.runtime = held
     install_error_handlers(app)
-    for router in (health.router, models.router, audio.router):
+    for router in (health.router, models.router, audio.router, admin.router):
         app.include_router(router)
-    # Added last runs first: the access log sees every request, including refused ones.
+    # Added last runs first: the access log sees every request, including refused ones, and
+    # request clean-up runs inside it, once the response is over.
+    app.add_middleware(RequestCleanupMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(AccessLogMiddleware)

@@ -10,11 +10,12 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from .engines.base import Backend, BackendStatus, ModelCard, Unavailable
+from .errors import AistackError, network, not_found
 
 log = logging.getLogger("aistack.inventory")
 
@@ -50,6 +51,15 @@ class Snapshot:
             can_translate=any(c.can_translate for c in asr),
             created=min(c.created for c in asr),
         )
+
+    def unknown_model_error(self, model_id: str, choices: str) -> AistackError:
+        """503 with the install command for a known model that is not installed, else 404 naming `choices`."""
+        for status in self.statuses:
+            for missing in status.unavailable:
+                if missing.subject == model_id:
+                    return network(f"model '{model_id}' is not installed ({missing.reason}); to install it: {missing.fix}",
+                                   provider=status.provider)
+        return not_found(f"model '{model_id}' does not exist here; {choices}", param="model")
 
     def listing(self) -> list[ModelCard]:
         auto = self.auto_card()
@@ -107,7 +117,7 @@ class Inventory:
         try:
             future = asyncio.wrap_future(self._probe_future(backend))
             return await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             reason = f"its probe did not answer within {self.probe_timeout_s:g} s"
         except Exception as error:  # a broken backend must not break the listing
             log.warning("probe of %s failed: %s", backend.provider, error)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
 
 from .engines.base import Backend
 from .engines.whisper import WhisperBackend
 from .inventory import Inventory
+from .lifecycle import ModelLifecycle
 from .observability.events import EngineEvents
 from .scheduler import Scheduler
+from .scheduler.upstreams import UpstreamGate
 from .services.transcription import TranscriptionService
 from .settings import Settings
 from .weights.catalog import whisper_id_for_size
 from .weights.resolver import WeightResolver
+
+log = logging.getLogger("aistack.runtime")
 
 
 @dataclass
@@ -20,28 +27,64 @@ class Runtime:
     settings: Settings
     resolver: WeightResolver
     whisper: WhisperBackend
+    backends: dict[str, Backend]
     inventory: Inventory
     scheduler: Scheduler
+    lifecycle: ModelLifecycle
+    upstreams: UpstreamGate
     events: EngineEvents
     transcription: TranscriptionService
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def prepare_weights(self) -> list[str]:
         """Blocking set-up done before serving: joins packaged weight pieces (with progress)."""
         return self.whisper.prepare()
+
+    async def start(self) -> None:
+        """On the serving loop: the keep-alive reaper, and the pinned and preloaded models (in the background)."""
+        self._background.append(asyncio.create_task(self.lifecycle.run_reaper(), name="aistack-reaper"))
+        wanted = list(dict.fromkeys([*self.settings.models.pinned, *self.settings.models.preload]))
+        if wanted:
+            self._background.append(asyncio.create_task(self._preload(wanted), name="aistack-preload"))
+
+    async def _preload(self, model_ids: list[str]) -> None:
+        snapshot = await self.inventory.snapshot()
+        cards = []
+        for model_id in model_ids:
+            card = snapshot.card(model_id)
+            if card is None:
+                log.error("cannot preload %s: it is not servable here (run `aistack doctor`)", model_id)
+            else:
+                cards.append(card)
+        await self.lifecycle.preload(cards)
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._background.clear()
+        await self.lifecycle.close()
+        self.scheduler.shutdown()
 
 
 def build_runtime(settings: Settings) -> Runtime:
     resolver = WeightResolver(settings.models_cache_dir, settings.model_paths)
     whisper = WhisperBackend(settings.whisper, resolver)
     backends: tuple[Backend, ...] = (whisper,)
+    by_provider = {b.provider: b for b in backends}
     inventory = Inventory(backends, settings.probe_timeout_s, settings.inventory_ttl_s)
-    scheduler = Scheduler()
+    scheduler = Scheduler(settings.scheduler)
+    lifecycle = ModelLifecycle(by_provider, settings.models)
+    upstreams = UpstreamGate(settings.scheduler, scheduler, lifecycle)
     events = EngineEvents()
     transcription = TranscriptionService(
         inventory,
-        {b.provider: b for b in backends},
+        by_provider,
         scheduler,
+        lifecycle,
         events,
         default_whisper_id=whisper_id_for_size(settings.whisper.default_size),
     )
-    return Runtime(settings, resolver, whisper, inventory, scheduler, events, transcription)
+    return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, upstreams, events, transcription)

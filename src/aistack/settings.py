@@ -42,6 +42,38 @@ class WhisperSettings(BaseModel):
         return size
 
 
+def _default_cpu_slots() -> int:
+    # Each CPU job already runs on several threads (CTranslate2 takes 4 by default), so one slot per
+    # four cores keeps concurrent jobs from fighting over the same cores.
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+class SchedulerSettings(BaseModel):
+    cpu_slots: int = Field(default_factory=_default_cpu_slots, ge=1, description="Jobs running at once on the CPU.")
+    gpu_slots: int = Field(1, ge=1, description="Jobs running at once on each GPU.")
+    queue_size: int = Field(8, ge=0, description="Requests that may wait per device; beyond it: 503 busy.")
+    max_wait_s: float = Field(30.0, gt=0, description="Longest wait in the queue before 503 busy.")
+    shared_gpu: str = Field("cuda:0", description="The device that serialized upstreams share with in-process engines.")
+    serialized_upstreams: list[str] = Field(
+        default_factory=list,
+        description="Upstream providers (e.g. qwen3-tts, ollama) whose calls take a slot on shared_gpu. LLM calls are "
+        "not serialized unless named here: Ollama queues them itself.",
+    )
+    unload_asr_before_llm: bool = Field(
+        False, description="Unload idle speech-to-text models from shared_gpu before a serialized LLM call (small GPUs)."
+    )
+
+
+class ModelLifecycleSettings(BaseModel):
+    keep_alive_s: float = Field(
+        300.0, description="Idle time after which a loaded model is unloaded; 0 unloads right after use, negative never."
+    )
+    max_resident: int | None = Field(None, ge=1, description="Most models loaded at once; the least recently used goes.")
+    max_resident_mb: float | None = Field(None, gt=0, description="Budget for loaded models' approximate size.")
+    pinned: list[str] = Field(default_factory=list, description="Models loaded at start and never unloaded by TTL or budget.")
+    preload: list[str] = Field(default_factory=list, description="Models loaded at start (then subject to the TTL).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -51,7 +83,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(11500, ge=0, le=65535)
-    api_key: str | None = Field(None, description="When set, every /v1 request needs `Authorization: Bearer KEY`.")
+    api_key: str | None = Field(None, description="When set, every /v1 and /admin request needs `Authorization: Bearer KEY`.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -64,6 +96,8 @@ class Settings(BaseSettings):
     inventory_ttl_s: float = Field(2.0, ge=0)
 
     whisper: WhisperSettings = Field(default_factory=WhisperSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -16,7 +16,7 @@ from ..errors import malformed
 from ..languages import normalize_language
 from ..runtime import Runtime
 from .deps import RuntimeDep, until_disconnected
-from .middleware import MODEL_HEADER, mark_cancelled
+from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end, mark_cancelled
 
 router = APIRouter(tags=["audio"])
 
@@ -82,17 +82,20 @@ async def _serve(
 ) -> Response:
     audio = await asyncio.to_thread(decode_audio, file.file)
     service = runtime.transcription
-    # Loaded before any byte is sent, so a load failure is a proper error status, even when streaming.
-    transcriber = await until_disconnected(request, service.load(card))
-    headers = {MODEL_HEADER: card.id}
+    # The slot and the loaded model come before any byte is sent, so busy or a load failure is a
+    # proper error status, even when streaming. Whatever no worker takes over is given back at the end.
+    job = await until_disconnected(
+        request, service.start(card, on_lease=lambda lease: at_request_end(request.scope, lease.abandon))
+    )
+    headers = {MODEL_HEADER: card.id, SLOT_WAIT_HEADER: f"{job.lease.waited_s * 1000:.0f}"}
     if stream:
-        events = service.stream_events(transcriber, audio, options)
+        events = service.stream_events(job, audio, options)
         return StreamingResponse(
             _cancellable(request, events),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    transcript = await until_disconnected(request, service.transcribe(transcriber, audio, options))
+    transcript = await until_disconnected(request, service.transcribe(job, audio, options))
     body = render(transcript, response_format, granularities)
     if isinstance(body, str):
         return Response(body, media_type=MEDIA_TYPES[response_format], headers=headers)

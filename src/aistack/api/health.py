@@ -1,4 +1,4 @@
-"""GET /health (the process is up) and GET /ready (what each engine can serve now)."""
+"""GET /health (the process is up) and GET /ready (what each engine can serve now, and how busy each device is)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,23 @@ async def health() -> dict[str, Any]:
 @router.get("/ready")
 async def ready(runtime: RuntimeDep) -> dict[str, Any]:
     snapshot = await runtime.inventory.snapshot()
-    running = runtime.scheduler.running()
+    in_use = runtime.lifecycle.in_use_by_provider()
+    resident = runtime.lifecycle.entries()
     engines = {
         status.provider: {
             "capability": status.capability,
             "state": "ready" if status.cards else "unavailable",
             "visible": [c.id for c in status.cards],
-            "loaded": list(status.loaded),
-            "running": running.get(status.provider, 0),
+            "loaded": sorted(e.card.id for e in resident if e.card.provider == status.provider and e.state == "loaded"),
+            "running": in_use.get(status.provider, 0),
             "unavailable": [{"model": u.subject, "reason": u.reason, "fix": u.fix} for u in status.unavailable],
         }
         for status in snapshot.statuses
     }
-    return {"status": "ready" if snapshot.cards else "no_models", "version": __version__, "engines": engines}
+    return {
+        "status": "ready" if snapshot.cards else "no_models",
+        "version": __version__,
+        "engines": engines,
+        # Per device: slots, queue depth, running work per capability, recent slot waits.
+        "devices": runtime.scheduler.describe(),
+    }

@@ -1,4 +1,5 @@
-"""Cross-cutting ASGI middleware: request ids and the access log, body limits, API keys."""
+"""Cross-cutting ASGI middleware: request ids and the access log, body limits, API keys, and
+request-scoped clean-up that runs however the request ends."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hmac
 import logging
 import time
 import uuid
-
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,12 +17,41 @@ from .errors import PayloadTooLarge, envelope_response, too_large_message
 access_log = logging.getLogger("aistack.access")
 
 MODEL_HEADER = "x-aistack-model"
+SLOT_WAIT_HEADER = "x-aistack-slot-wait-ms"
 OUTCOME_KEY = "aistack.outcome"
+CLEANUP_KEY = "aistack.cleanup"
+PROTECTED_PREFIXES = ("/v1/", "/admin/")
 
 
 def mark_cancelled(scope: Scope) -> None:
     """Record that the client went away, so the access log shows 499 whatever was sent."""
     scope.setdefault("state", {})[OUTCOME_KEY] = "cancelled"
+
+
+def at_request_end(scope: Scope, callback: Callable[[], None]) -> None:
+    """Run `callback` once the request is over, answered, failed or abandoned (see RequestCleanupMiddleware)."""
+    scope.setdefault("state", {}).setdefault(CLEANUP_KEY, []).append(callback)
+
+
+class RequestCleanupMiddleware:
+    """Runs the callbacks a request registered with `at_request_end` when the app is done with it.
+
+    A streamed body may never start (the client left between the headers and the first chunk), so
+    whatever a response generator owns is also registered here, where it is given back regardless.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for callback in reversed(scope.get("state", {}).pop(CLEANUP_KEY, [])):
+                try:
+                    callback()
+                except Exception:
+                    access_log.exception("a request clean-up step failed")
 
 
 class AccessLogMiddleware:
@@ -39,15 +69,18 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         status = 0
         model = "-"
+        slot_wait = ""
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, model
+            nonlocal status, model, slot_wait
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_headers = list(message.get("headers") or [])
                 for key, value in response_headers:
                     if key.lower() == MODEL_HEADER.encode():
                         model = value.decode("latin-1")
+                    elif key.lower() == SLOT_WAIT_HEADER.encode():
+                        slot_wait = f" wait={value.decode('latin-1')}ms"
                 response_headers.append((b"x-request-id", request_id.encode("latin-1")))
                 message = {**message, "headers": response_headers}
             await send(message)
@@ -58,8 +91,9 @@ class AccessLogMiddleware:
             if scope.get("state", {}).get(OUTCOME_KEY) == "cancelled":
                 status = 499
             access_log.info(
-                "%s %s %s %d model=%s %.1fms",
+                "%s %s %s %d model=%s %.1fms%s",
                 request_id, scope["method"], scope["path"], status or 500, model, (time.perf_counter() - started) * 1000,
+                slot_wait,
             )
 
 
@@ -93,14 +127,14 @@ class BodyLimitMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When a key is configured, /v1 routes need `Authorization: Bearer KEY`."""
+    """When a key is configured, /v1 and /admin routes need `Authorization: Bearer KEY`."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if self.api_key and scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
             supplied = (_header(scope, b"authorization") or "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(supplied.encode(), self.api_key.encode()):
                 message = "this gateway needs an API key: send `Authorization: Bearer <key>` with the key set in AISTACK_API_KEY"

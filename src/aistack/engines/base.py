@@ -1,9 +1,10 @@
 """The contract between engines and the rest of the gateway.
 
-An engine backend knows which of its models can be served right now (`probe`) and hands out a
-loaded model on demand (`acquire`). A loaded speech-to-text model is a `Transcriber`: a blocking
-call that returns what it detected and a lazy iterator of segments, so the caller decides where
-and how fast decoding runs and can stop it between segments.
+An engine backend knows which of its models can be served right now (`probe`), on which device
+each runs, and how to load and unload one; when to load and unload is the model lifecycle's
+business, and where jobs run is the scheduler's. A loaded speech-to-text model is a
+`Transcriber`: a blocking call that returns what it detected and a lazy iterator of segments, so
+the caller decides where and how fast decoding runs and can stop it between segments.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class BackendStatus:
     capability: Capability
     cards: tuple[ModelCard, ...] = ()
     unavailable: tuple[Unavailable, ...] = ()
-    loaded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,18 @@ class Backend(Protocol):
         """Blocking and cheap (file checks, no imports of heavy libraries, no loading)."""
         ...
 
-    async def acquire(self, card: ModelCard) -> Transcriber:
-        """The loaded model for `card`, loading it once on first use."""
+    def device(self, card: ModelCard) -> str:
+        """Where the model runs: `cpu` or `cuda:N`; jobs queue per device."""
+        ...
+
+    def footprint(self, card: ModelCard) -> int:
+        """Approximate bytes the loaded model holds (for the resident budget and /admin/models)."""
+        ...
+
+    def load(self, card: ModelCard) -> Transcriber:
+        """Blocking: load the model's weights."""
+        ...
+
+    def unload(self, model: Transcriber) -> None:
+        """Blocking: free what the engine holds outside Python objects (device memory, native buffers)."""
         ...

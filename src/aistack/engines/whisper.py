@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import time
@@ -13,7 +12,12 @@ import numpy as np
 
 from ..languages import ISO_FOR_WHISPER_CODE, WHISPER_CODE_FOR_ISO
 from ..settings import WhisperSettings
-from ..weights.catalog import WHISPER_BY_ID, WHISPER_MODELS, PackagedParts, WhisperModelSpec
+from ..weights.catalog import (
+    WHISPER_BY_ID,
+    WHISPER_MODELS,
+    PackagedParts,
+    WhisperModelSpec,
+)
 from ..weights.resolver import ResolvedWeights, WeightResolver
 from .base import (
     BackendStatus,
@@ -53,6 +57,13 @@ class WhisperTranscriber:
         self.card = card
         self._model = model
         self._settings = settings
+
+    def close(self) -> None:
+        """Free the CTranslate2 weights now rather than whenever the last reference goes."""
+        unload = getattr(getattr(self._model, "model", None), "unload_model", None)
+        if unload is not None:
+            unload()
+        self._model = None
 
     def transcribe(
         self, audio: np.ndarray, options: TranscribeOptions
@@ -104,8 +115,7 @@ class WhisperBackend:
     def __init__(self, settings: WhisperSettings, resolver: WeightResolver) -> None:
         self._settings = settings
         self._resolver = resolver
-        self._loaded: dict[str, WhisperTranscriber] = {}
-        self._loading: dict[str, asyncio.Task[WhisperTranscriber]] = {}
+        self._device: str | None = None
 
     def library_missing(self) -> Unavailable | None:
         for module in ("faster_whisper", "ctranslate2"):
@@ -129,7 +139,7 @@ class WhisperBackend:
                 continue
             created = int(resolved.path.stat().st_mtime) if resolved.path.exists() else int(time.time())
             cards.append(card_for(spec, created))
-        return BackendStatus(PROVIDER, "asr", tuple(cards), tuple(unavailable), tuple(sorted(self._loaded)))
+        return BackendStatus(PROVIDER, "asr", tuple(cards), tuple(unavailable))
 
     def _why_missing(self, spec: WhisperModelSpec) -> Unavailable:
         explicit = self._resolver.explicit_paths.get(spec.id)
@@ -162,25 +172,21 @@ class WhisperBackend:
                 joined.append(spec.id)
         return joined
 
-    async def acquire(self, card: ModelCard) -> WhisperTranscriber:
-        loaded = self._loaded.get(card.id)
-        if loaded is not None:
-            return loaded
-        # One load per model, shared by every waiter and shielded: a waiter that is cancelled
-        # (its client left) must not throw the load away for the others.
-        loading = self._loading.get(card.id)
-        if loading is None:
-            loading = asyncio.ensure_future(asyncio.to_thread(self._load, card))
-            self._loading[card.id] = loading
-            loading.add_done_callback(lambda task: self._finish_load(card.id, task))
-        return await asyncio.shield(loading)
+    def device(self, card: ModelCard) -> str:
+        if self._device is None:
+            self._device = self._pick_device()
+        return self._device
 
-    def _finish_load(self, model_id: str, task: asyncio.Task[WhisperTranscriber]) -> None:
-        del self._loading[model_id]
-        if not task.cancelled() and task.exception() is None:
-            self._loaded[model_id] = task.result()
+    def footprint(self, card: ModelCard) -> int:
+        resolved = self.resolve(WHISPER_BY_ID[card.id])
+        if resolved is None or not resolved.path.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in resolved.path.iterdir() if f.is_file())
 
-    def _load(self, card: ModelCard) -> WhisperTranscriber:
+    def unload(self, model: WhisperTranscriber) -> None:
+        model.close()
+
+    def load(self, card: ModelCard) -> WhisperTranscriber:
         from faster_whisper import WhisperModel
 
         spec = WHISPER_BY_ID[card.id]
@@ -191,7 +197,8 @@ class WhisperBackend:
         started = time.perf_counter()
         model = WhisperModel(
             str(path),
-            device=self._device(),
+            device=self.device(card).split(":")[0],
+            device_index=int(self.device(card).partition(":")[2] or 0),
             compute_type=self._settings.compute_type,
             cpu_threads=self._settings.cpu_threads,
             local_files_only=True,
@@ -199,9 +206,10 @@ class WhisperBackend:
         log.info("loaded %s from %s (%s) in %.2f s", card.id, path, resolved.source, time.perf_counter() - started)
         return WhisperTranscriber(card, model, self._settings)
 
-    def _device(self) -> str:
-        if self._settings.device != "auto":
-            return self._settings.device
-        import ctranslate2
+    def _pick_device(self) -> str:
+        wanted = self._settings.device
+        if wanted == "auto":
+            import ctranslate2
 
-        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+            wanted = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        return "cuda:0" if wanted == "cuda" else "cpu"

@@ -1,31 +1,50 @@
 """Serving logic for /v1/audio/transcriptions and /v1/audio/translations.
 
-Picks the model (an id, `whisper-1` or `auto`), checks that it can do what was asked, runs it
-through the scheduler, and shapes the result as a whole transcript or as SSE events.
+Picks the model (an id, `whisper-1` or `auto`), checks that it can do what was asked, takes a
+slot on the model's device and the loaded model (`start`), runs it there, and shapes the result
+as a whole transcript or as SSE events.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..audio.formats import Transcript, join_text, usage
-from ..engines.base import Backend, ModelCard, Segment, Task, TranscribeOptions, Transcriber, TranscriptionInfo
-from ..errors import AistackError, ErrorKind, malformed, network, not_found
+from ..engines.base import (
+    Backend,
+    ModelCard,
+    Segment,
+    Task,
+    TranscribeOptions,
+    Transcriber,
+    TranscriptionInfo,
+)
+from ..errors import AistackError, ErrorKind, malformed
 from ..inventory import AUTO_ID, Inventory, Snapshot
-from ..observability.events import EngineEvents
 from ..languages import KNOWN_ASR_LANGUAGES
+from ..lifecycle import ModelLifecycle
+from ..observability.events import EngineEvents
 from ..routing import WHISPER_ONLY, route, transcribes, unsupported_language
-from ..scheduler import Scheduler
+from ..scheduler import Lease, Scheduler
 
 log = logging.getLogger("aistack.transcription")
 
 WHISPER_ALIAS = "whisper-1"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A slot on the model's device and the loaded model, both held until the engine stops."""
+
+    lease: Lease
+    transcriber: Transcriber
 
 
 class TranscriptionService:
@@ -34,12 +53,14 @@ class TranscriptionService:
         inventory: Inventory,
         backends: Mapping[str, Backend],
         scheduler: Scheduler,
+        lifecycle: ModelLifecycle,
         events: EngineEvents,
         default_whisper_id: str,
     ) -> None:
         self._inventory = inventory
         self._backends = backends
         self._scheduler = scheduler
+        self._lifecycle = lifecycle
         self._events = events
         self._default_whisper_id = default_whisper_id
 
@@ -53,7 +74,7 @@ class TranscriptionService:
             return route(language, snapshot.cards, preferred_ids=preferred, rules=WHISPER_ONLY, fall_through=False, task=task)
         card = snapshot.card(model)
         if card is None:
-            raise self._unknown_model(model, snapshot)
+            raise snapshot.unknown_model_error(model, f"available speech-to-text models: {_asr_ids(snapshot)}")
         if "asr" not in card.capabilities:
             raise malformed(f"model '{model}' does not transcribe speech; pick one of: {_asr_ids(snapshot)}", param="model")
         if task == "translate" and not card.can_translate:
@@ -68,25 +89,29 @@ class TranscriptionService:
             raise malformed(f"model '{model}' does not transcribe language '{language}'; {hint}", param="language")
         return card
 
-    def _unknown_model(self, model: str, snapshot: Snapshot) -> AistackError:
-        for status in snapshot.statuses:
-            for missing in status.unavailable:
-                if missing.subject == model:
-                    return network(f"model '{model}' is not installed ({missing.reason}); to install it: {missing.fix}", provider=status.provider)
-        return not_found(f"model '{model}' does not exist here; available speech-to-text models: {_asr_ids(snapshot)}", param="model")
+    async def start(self, card: ModelCard, on_lease: Callable[[Lease], None]) -> Job:
+        """Wait for a slot on the model's device, then for the model to be loaded.
 
-    async def load(self, card: ModelCard) -> Transcriber:
-        """The loaded model, loading it on first use; a failure is a 500 naming the engine."""
+        `on_lease` receives the slot as soon as it is granted, so the caller can make sure it is
+        given back even if this coroutine is cancelled later. A load failure is a 500 naming the engine.
+        """
+        lease = await self._scheduler.admit(self._backends[card.provider].device(card), "asr")
+        on_lease(lease)
         try:
-            return await self._backends[card.provider].acquire(card)
+            transcriber = await self._lifecycle.checkout(card)
         except Exception as error:
+            lease.release()
             log.exception("loading %s failed", card.id)
             raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} could not load {card.id}: {error}", provider=card.provider) from None
+        except BaseException:
+            lease.release()
+            raise
+        lease.on_release(lambda: self._lifecycle.checkin(card.id))
+        return Job(lease, transcriber)
 
-    async def run(
-        self, transcriber: Transcriber, audio: np.ndarray, options: TranscribeOptions
-    ) -> AsyncIterator[TranscriptionInfo | Segment]:
+    async def run(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[TranscriptionInfo | Segment]:
         """The detected info first, then each segment as the engine decodes it."""
+        transcriber = job.transcriber
         card = transcriber.card
         events = self._events
 
@@ -98,7 +123,7 @@ class TranscriptionService:
                 yield segment
 
         try:
-            async with aclosing(self._scheduler.stream(card.provider, produce)) as items:
+            async with aclosing(self._scheduler.stream(job.lease, produce)) as items:
                 async for item in items:
                     yield item
         except AistackError:
@@ -107,26 +132,24 @@ class TranscriptionService:
             log.exception("%s failed on %s", card.provider, card.id)
             raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} failed while decoding: {error}", provider=card.provider) from None
 
-    async def transcribe(self, transcriber: Transcriber, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+    async def transcribe(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         info: TranscriptionInfo | None = None
         segments: list[Segment] = []
-        async with aclosing(self.run(transcriber, audio, options)) as items:
+        async with aclosing(self.run(job, audio, options)) as items:
             async for item in items:
                 if isinstance(item, TranscriptionInfo):
                     info = item
                 else:
                     segments.append(item)
         assert info is not None
-        return Transcript(transcriber.card.id, options.task, info, tuple(segments))
+        return Transcript(job.transcriber.card.id, options.task, info, tuple(segments))
 
-    async def stream_events(
-        self, transcriber: Transcriber, audio: np.ndarray, options: TranscribeOptions
-    ) -> AsyncIterator[bytes]:
+    async def stream_events(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[bytes]:
         """SSE: a delta and a segment event per decoded segment, then done; an error event if decoding fails."""
         pieces: list[str] = []
         duration = 0.0
         try:
-            async with aclosing(self.run(transcriber, audio, options)) as items:
+            async with aclosing(self.run(job, audio, options)) as items:
                 async for item in items:
                     if isinstance(item, TranscriptionInfo):
                         duration = item.duration

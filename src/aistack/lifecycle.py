@@ -1,0 +1,281 @@
+"""Which models are loaded: lazy loads, keep-alive TTL, a resident budget with LRU eviction, pins.
+
+A request checks a model out (loading it on first use, once, whoever waits) and checks it in
+when its engine has stopped. A model nobody uses for `keep_alive_s` is unloaded and its memory
+handed back to the system; loading one more than the budget allows first unloads the least
+recently used idle model. Pinned models are loaded at start and never unloaded by TTL or budget.
+Everything here runs on the event loop; loads and unloads run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .engines.base import Backend, ModelCard
+from .settings import ModelLifecycleSettings
+
+log = logging.getLogger("aistack.lifecycle")
+
+State = Literal["loading", "loaded", "unloading"]
+
+
+@dataclass(eq=False)
+class ResidentModel:
+    card: ModelCard
+    device: str
+    size_bytes: int
+    pinned: bool
+    ready: asyncio.Future[None]
+    state: State = "loading"
+    model: Any = None
+    in_use: int = 0
+    loaded_at: float | None = None
+    last_used_at: float | None = None  # wall clock, for people
+    idle_since: float = field(default_factory=time.monotonic)
+    unloading: asyncio.Future[None] | None = None
+    unload_reason: str = ""
+
+    @property
+    def leaving(self) -> bool:
+        return self.unloading is not None
+
+
+class ModelLifecycle:
+    def __init__(self, backends: Mapping[str, Backend], settings: ModelLifecycleSettings) -> None:
+        self._backends = backends
+        self._settings = settings
+        self._entries: dict[str, ResidentModel] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def checkout(self, card: ModelCard) -> Any:
+        """The loaded model, loading it first if need be; pair with `checkin` once the engine stopped."""
+        while True:
+            entry = self._entries.get(card.id)
+            if entry is None:
+                entry = self._start_load(card)
+            if entry.state == "loading":
+                await asyncio.shield(entry.ready)  # a load failure is raised to every waiter
+                continue
+            if entry.leaving:
+                assert entry.unloading is not None
+                await asyncio.shield(entry.unloading)  # then load it afresh
+                continue
+            entry.in_use += 1
+            entry.last_used_at = time.time()
+            return entry.model
+
+    def checkin(self, model_id: str) -> None:
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state != "loaded":
+            return
+        entry.in_use -= 1
+        entry.last_used_at = time.time()
+        entry.idle_since = time.monotonic()
+        if entry.in_use == 0:
+            if entry.leaving:
+                self._begin_unload(entry)
+            elif self._settings.keep_alive_s == 0 and not entry.pinned:
+                self._request_unload(entry, "keep_alive_s is 0")
+
+    # -- administration -----------------------------------------------------------------------
+
+    async def load(self, card: ModelCard) -> None:
+        await self.checkout(card)
+        self.checkin(card.id)
+
+    async def unload(self, model_id: str, reason: str = "asked to") -> bool:
+        """Unload now, or as soon as its running jobs end; False when it was not loaded."""
+        entry = self._entries.get(model_id)
+        if entry is None:
+            return False
+        if entry.state == "loading":
+            with contextlib.suppress(Exception):
+                await asyncio.shield(entry.ready)
+            entry = self._entries.get(model_id)
+            if entry is None:
+                return False
+        done = self._request_unload(entry, reason)
+        await asyncio.shield(done)
+        return True
+
+    async def unload_idle(self, *, device: str, capability: str, reason: str) -> list[str]:
+        """Unload every idle model of `capability` on `device` (pins included: the device is needed)."""
+        chosen = [
+            e for e in self._entries.values()
+            if e.device == device and capability in e.card.capabilities and e.state == "loaded" and e.in_use == 0
+        ]
+        await asyncio.gather(*(asyncio.shield(self._request_unload(e, reason)) for e in chosen))
+        return [e.card.id for e in chosen]
+
+    async def preload(self, cards: Iterable[ModelCard]) -> None:
+        for card in cards:
+            try:
+                await self.load(card)
+            except Exception as error:
+                log.error("could not preload %s: %s", card.id, error)
+
+    def expire_idle(self) -> list[str]:
+        """Start unloading every model idle past its keep-alive; the ids it chose."""
+        keep_alive = self._settings.keep_alive_s
+        if keep_alive < 0:
+            return []
+        now = time.monotonic()
+        expired = [
+            e for e in self._entries.values()
+            if e.state == "loaded" and e.in_use == 0 and not e.pinned and not e.leaving and now - e.idle_since >= keep_alive
+        ]
+        for entry in expired:
+            self._request_unload(entry, f"idle for {keep_alive:g} s")
+        return [e.card.id for e in expired]
+
+    async def run_reaper(self) -> None:
+        """Unload idle models as their keep-alive runs out, until cancelled."""
+        keep_alive = self._settings.keep_alive_s
+        interval = min(5.0, max(0.05, keep_alive / 4)) if keep_alive > 0 else 5.0
+        while True:
+            await asyncio.sleep(interval)
+            self.expire_idle()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def entry(self, model_id: str) -> ResidentModel | None:
+        return self._entries.get(model_id)
+
+    def entries(self) -> list[ResidentModel]:
+        return list(self._entries.values())
+
+    def in_use_by_provider(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            counts[entry.card.provider] = counts.get(entry.card.provider, 0) + entry.in_use
+        return counts
+
+    def expires_in_s(self, entry: ResidentModel) -> float | None:
+        keep_alive = self._settings.keep_alive_s
+        if entry.state != "loaded" or entry.pinned or entry.in_use or keep_alive < 0:
+            return None
+        return max(0.0, keep_alive - (time.monotonic() - entry.idle_since))
+
+    # -- inside -------------------------------------------------------------------------------
+
+    def _start_load(self, card: ModelCard) -> ResidentModel:
+        backend = self._backends[card.provider]
+        entry = ResidentModel(
+            card=card,
+            device=backend.device(card),
+            size_bytes=backend.footprint(card),
+            pinned=card.id in self._settings.pinned,
+            ready=asyncio.get_running_loop().create_future(),
+        )
+        # Nobody may be waiting when a load fails; its error is still delivered to later waiters.
+        entry.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._entries[card.id] = entry
+        self._spawn(self._load(entry, backend))
+        return entry
+
+    async def _load(self, entry: ResidentModel, backend: Backend) -> None:
+        try:
+            await self._make_room_for(entry)
+            started = time.perf_counter()
+            entry.model = await asyncio.to_thread(backend.load, entry.card)
+        except BaseException as error:
+            self._entries.pop(entry.card.id, None)
+            failure = error if isinstance(error, Exception) else RuntimeError(f"loading {entry.card.id} was interrupted")
+            entry.ready.set_exception(failure)
+            if not isinstance(error, Exception):
+                raise
+            return
+        entry.state = "loaded"
+        entry.loaded_at = entry.last_used_at = time.time()
+        entry.idle_since = time.monotonic()
+        log.info("%s is resident on %s (about %d MB) after %.2f s",
+                 entry.card.id, entry.device, entry.size_bytes >> 20, time.perf_counter() - started)
+        entry.ready.set_result(None)
+
+    async def _make_room_for(self, entry: ResidentModel) -> None:
+        """Unload least-recently-used idle models until `entry` fits the budget (or nothing more can go)."""
+        while self._over_budget(entry):
+            candidates = [
+                e for e in self._entries.values()
+                if e is not entry and e.state == "loaded" and e.in_use == 0 and not e.pinned and not e.leaving
+            ]
+            if not candidates:
+                log.warning("loading %s goes over the resident budget: every loaded model is in use or pinned", entry.card.id)
+                return
+            victim = min(candidates, key=lambda e: e.idle_since)
+            await asyncio.shield(self._request_unload(victim, f"least recently used, to make room for {entry.card.id}"))
+
+    def _over_budget(self, entry: ResidentModel) -> bool:
+        others = [e for e in self._entries.values() if e is not entry and not e.leaving]
+        max_count, max_mb = self._settings.max_resident, self._settings.max_resident_mb
+        if max_count is not None and len(others) + 1 > max_count:
+            return True
+        total = entry.size_bytes + sum(e.size_bytes for e in others)
+        return max_mb is not None and total > max_mb * 1024 * 1024
+
+    def _request_unload(self, entry: ResidentModel, reason: str) -> asyncio.Future[None]:
+        if entry.unloading is None:
+            entry.unloading = asyncio.get_running_loop().create_future()
+            entry.unload_reason = reason
+            if entry.in_use == 0:
+                self._begin_unload(entry)
+        return entry.unloading
+
+    def _begin_unload(self, entry: ResidentModel) -> None:
+        entry.state = "unloading"
+        # Handed over in a list the releasing thread empties, so no frame here keeps the model alive.
+        holder = [entry.model]
+        entry.model = None
+        self._spawn(self._unload(entry, holder))
+
+    async def _unload(self, entry: ResidentModel, holder: list[Any]) -> None:
+        backend = self._backends[entry.card.provider]
+        try:
+            await asyncio.to_thread(_release, backend, holder)
+            log.info("unloaded %s (%s)", entry.card.id, entry.unload_reason)
+        except Exception:
+            log.exception("unloading %s failed", entry.card.id)
+        finally:
+            if self._entries.get(entry.card.id) is entry:
+                del self._entries[entry.card.id]
+            assert entry.unloading is not None
+            if not entry.unloading.done():
+                entry.unloading.set_result(None)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _release(backend: Backend, holder: list[Any]) -> None:
+    model = holder.pop()
+    backend.unload(model)
+    del model
+    gc.collect()
+    _return_freed_heap()
+
+
+def _return_freed_heap() -> None:
+    """glibc keeps freed heap pages; malloc_trim gives them back so the process's resident memory drops."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
