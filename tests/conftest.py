@@ -225,6 +225,16 @@ def make_inprocess_gateway(models_cache: Path) -> Iterator:
         gateway.thread.join(timeout=15)
 
 
+def wait_until(condition, timeout: float = 15.0) -> bool:
+    """Poll `condition` until it holds or `timeout` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation, for word-for-word comparison."""
     cleaned = "".join(ch.lower() if ch.isalnum() or ch.isspace() or ch == "'" else " " for ch in text)

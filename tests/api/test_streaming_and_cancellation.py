@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.slow
 
 HOLD_LIMIT_S = 30  # a held engine is released after this, so a failing test cannot hang
@@ -44,15 +46,6 @@ def access_log():
     yield watcher
     logger.removeHandler(watcher)
     logger.setLevel(previous)
-
-
-def wait_until(condition, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def hold_second_segment_until_cancelled(gateway, access_log: AccessLogWatcher):

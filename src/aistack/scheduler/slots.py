@@ -157,7 +157,7 @@ class DeviceQueue:
 
     def _busy(self, reason: str) -> AistackError:
         retry_after = self.retry_after_s()
-        log.warning("busy: %s; Retry-After %d s", reason, retry_after)
+        log.debug("busy: %s; Retry-After %d s", reason, retry_after)  # the access log has each 503
         return AistackError(
             ErrorKind.BUSY,
             f"{reason}; retry in about {retry_after} s",
