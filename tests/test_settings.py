@@ -153,3 +153,28 @@ def test_an_unknown_whisper_default_size_is_refused_with_the_choices():
         WhisperSettings(default_size="huge")
     assert "large-v3" in str(raised.value) and "tiny.en" in str(raised.value)
     assert WhisperSettings(default_size="whisper-base").default_size == "whisper-base"
+
+
+def test_scheduler_and_model_lifecycle_defaults(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    s = load_settings()
+    assert (s.scheduler.cpu_slots, s.scheduler.gpu_slots, s.scheduler.queue_size, s.scheduler.max_wait_s) == (4, 1, 8, 30.0)
+    assert s.scheduler.serialized_upstreams == [] and s.scheduler.unload_asr_before_llm is False
+    assert s.models.keep_alive_s == 300 and s.models.max_resident is None and s.models.pinned == []
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert load_settings().scheduler.cpu_slots == 1  # never zero slots
+
+
+def test_scheduler_and_model_lifecycle_from_env_and_file(monkeypatch, tmp_path):
+    path = write_toml(tmp_path, '[scheduler]\nqueue_size = 16\n\n[models]\nkeep_alive_s = 600\npinned = ["whisper-base"]\n')
+    monkeypatch.setenv("AISTACK_SCHEDULER__MAX_WAIT_S", "5")
+    monkeypatch.setenv("AISTACK_MODELS__PRELOAD", '["whisper-tiny.en"]')
+    s = load_settings(path)
+    assert s.scheduler.queue_size == 16 and s.scheduler.max_wait_s == 5
+    assert s.models.keep_alive_s == 600 and s.models.pinned == ["whisper-base"] and s.models.preload == ["whisper-tiny.en"]
+
+
+def test_scheduler_settings_are_validated(monkeypatch):
+    monkeypatch.setenv("AISTACK_SCHEDULER__CPU_SLOTS", "0")
+    with pytest.raises(ValidationError):
+        load_settings()
