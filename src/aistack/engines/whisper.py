@@ -179,9 +179,7 @@ class WhisperBackend:
 
     def footprint(self, card: ModelCard) -> int:
         resolved = self.resolve(WHISPER_BY_ID[card.id])
-        if resolved is None or not resolved.path.is_dir():
-            return 0
-        return sum(f.stat().st_size for f in resolved.path.iterdir() if f.is_file())
+        return 0 if resolved is None else self._resolver.size_bytes(resolved)
 
     def unload(self, model: WhisperTranscriber) -> None:
         model.close()

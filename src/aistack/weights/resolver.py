@@ -88,6 +88,18 @@ class WeightResolver:
             join_parts(resolved.pending_join, self._part_paths(resolved.pending_join) or [], resolved.path)
         return resolved.path
 
+    def size_bytes(self, resolved: ResolvedWeights) -> int:
+        """The weights' size on disk, counting pieces not joined yet as what they will join into."""
+        parts = resolved.pending_join
+        if parts is not None:
+            paths = self._part_paths(parts) or []
+            side_root = package_dir(parts.side_dir[0])
+            side = [side_root / parts.side_dir[1] / f for f in parts.side_files] if side_root else []
+            return sum(p.stat().st_size for p in [*paths, *side] if p.is_file())
+        if not resolved.path.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in resolved.path.iterdir() if f.is_file())
+
     def _part_paths(self, parts: PackagedParts) -> list[Path] | None:
         paths: list[Path] = []
         for package, relative in parts.parts:
