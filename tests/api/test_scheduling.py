@@ -16,10 +16,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from conftest import Gateway, start_gateway, stop_gateway, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import Gateway, start_gateway, stop_gateway, wait_until
 
 from aistack.settings import ModelLifecycleSettings, SchedulerSettings
 

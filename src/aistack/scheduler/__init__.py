@@ -9,6 +9,7 @@ segment, a sentence). The slot is given back when the engine has actually stoppe
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,8 @@ from .slots import DeviceQueue, Lease
 __all__ = ["CPU", "DeviceQueue", "Lease", "Scheduler"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("aistack.scheduler")
 
 CPU = "cpu"
 _ITEM, _ERROR, _END = "item", "error", "end"
@@ -88,11 +91,15 @@ class Scheduler:
             except BaseException as error:  # noqa: BLE001 - re-raised on the loop side
                 on_loop(queue.put_nowait, (_ERROR, error))
             finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    close()
-                on_loop(lease.release)
-                on_loop(queue.put_nowait, (_END, None))
+                try:
+                    close = getattr(iterator, "close", None)
+                    if close is not None:
+                        close()
+                except Exception:  # the engine's own clean-up failed; the slot must come back anyway
+                    log.exception("an engine failed while stopping")
+                finally:
+                    on_loop(lease.release)
+                    on_loop(queue.put_nowait, (_END, None))
 
         if lease.released:
             raise RuntimeError("this lease was already given back")

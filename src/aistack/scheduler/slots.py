@@ -115,7 +115,7 @@ class DeviceQueue:
 
     def _withdraw(self, waiter: _Waiter) -> None:
         if waiter.future.done() and not waiter.future.cancelled():
-            waiter.future.result().release()  # granted just as it gave up: pass the slot on
+            self._pass_on(waiter.future.result())  # granted just as it gave up
             return
         waiter.future.cancel()
         try:
@@ -131,10 +131,16 @@ class DeviceQueue:
         self.granted += 1
         return lease
 
-    def _release(self, lease: Lease) -> None:
+    def _pass_on(self, lease: Lease) -> None:
+        """Give back a slot that was granted but never used, without counting it as a served job."""
+        lease._released = True
+        self._release(lease, served=False)
+
+    def _release(self, lease: Lease, served: bool = True) -> None:
         self._holders.discard(lease)
         self._running[lease.capability] -= 1
-        self._service_times.append(time.monotonic() - lease.granted_at)
+        if served:
+            self._service_times.append(time.monotonic() - lease.granted_at)
         while self._waiters:  # FIFO hand-over, skipping anyone who already left
             waiter = self._waiters.popleft()
             if not waiter.future.done():
