@@ -158,7 +158,8 @@ class Gateway:
             time.sleep(0.2)
         raise RuntimeError(f"the gateway did not answer /health within {HEALTH_TIMEOUT_S:.0f} s\n{self.log_tail()}")
 
-    def run(self, audio_bytes: bytes, model: str) -> tuple[float, str]:
+    def post_transcription(self, audio_bytes: bytes, model: str) -> tuple[float, httpx.Response]:
+        """(client round trip s, the 200 response) of one transcription."""
         started = time.perf_counter()
         response = self.client.post(
             "/v1/audio/transcriptions",
@@ -168,6 +169,10 @@ class Gateway:
         elapsed = time.perf_counter() - started
         if response.status_code != 200:
             raise RuntimeError(f"the gateway answered {response.status_code}: {response.text}\n{self.log_tail()}")
+        return elapsed, response
+
+    def run(self, audio_bytes: bytes, model: str) -> tuple[float, str]:
+        elapsed, response = self.post_transcription(audio_bytes, model)
         return elapsed, response.json()["text"]
 
     def log_tail(self, lines: int = 30) -> str:

@@ -123,15 +123,7 @@ class Gateway(asr.Gateway):
 
     def transcribe(self, audio_bytes: bytes, model: str) -> tuple[float, float]:
         """(client round trip s, the gateway's slot wait ms) of one transcription."""
-        started = time.perf_counter()
-        response = self.client.post(
-            "/v1/audio/transcriptions",
-            files={"file": ("clip.wav", audio_bytes, "audio/wav")},
-            data={"model": model, "response_format": "json"},
-        )
-        elapsed = time.perf_counter() - started
-        if response.status_code != 200:
-            raise RuntimeError(f"the gateway answered {response.status_code}: {response.text}\n{self.log_tail()}")
+        elapsed, response = self.post_transcription(audio_bytes, model)
         wait = response.headers.get("x-aistack-slot-wait-ms")
         if wait is None:
             raise RuntimeError("the gateway sent no x-aistack-slot-wait-ms header")

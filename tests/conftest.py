@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -223,6 +224,22 @@ def make_inprocess_gateway(models_cache: Path) -> Iterator:
     for gateway in started:
         gateway.server.should_exit = True  # type: ignore[attr-defined]
         gateway.thread.join(timeout=15)
+
+
+def run_on_runtime(runtime, body, timeout: float = 60.0) -> None:
+    """Run `body()` on a fresh event loop, then unload what it left loaded and stop the runtime's pieces."""
+
+    async def main() -> None:
+        try:
+            await asyncio.wait_for(body(), timeout=timeout)
+        finally:
+            for entry in runtime.lifecycle.entries():
+                if entry.state == "loaded" and entry.in_use == 0:
+                    await runtime.lifecycle.unload(entry.card.id, "test over")
+            await runtime.lifecycle.close()
+            runtime.scheduler.shutdown()
+
+    asyncio.run(main())
 
 
 def wait_until(condition, timeout: float = 15.0) -> bool:

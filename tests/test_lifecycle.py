@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import run_on_runtime
 
 from aistack.engines.base import ModelCard
 from aistack.engines.whisper import WhisperTranscriber, card_for
@@ -65,19 +66,7 @@ async def cards(runtime: Runtime, *model_ids: str) -> list[ModelCard]:
 
 
 def run(runtime: Runtime, body: Callable[[], Awaitable[None]]) -> None:
-    """Run `body` on a fresh loop, then unload whatever it left resident and stop the runtime."""
-
-    async def main() -> None:
-        try:
-            await asyncio.wait_for(body(), timeout=60)
-        finally:
-            for entry in runtime.lifecycle.entries():
-                if entry.state == "loaded" and entry.in_use == 0:
-                    await runtime.lifecycle.unload(entry.card.id, "test over")
-            await runtime.lifecycle.close()
-            runtime.scheduler.shutdown()
-
-    asyncio.run(main())
+    run_on_runtime(runtime, body)
 
 
 def loads_of(caplog: pytest.LogCaptureFixture, model_id: str) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_on_runtime
 
 from aistack.engines.base import ModelCard
 from aistack.runtime import Runtime, build_runtime
@@ -33,17 +34,7 @@ def make_runtime(cache: Path, **scheduler: Any) -> Runtime:
 
 
 def run(runtime: Runtime, body: Callable[[], Awaitable[None]]) -> None:
-    async def main() -> None:
-        try:
-            await asyncio.wait_for(body(), timeout=60)
-        finally:
-            for entry in runtime.lifecycle.entries():
-                if entry.state == "loaded" and entry.in_use == 0:
-                    await runtime.lifecycle.unload(entry.card.id, "test over")
-            await runtime.lifecycle.close()
-            runtime.scheduler.shutdown()
-
-    asyncio.run(main())
+    run_on_runtime(runtime, body)
 
 
 async def tiny_card(runtime: Runtime) -> ModelCard:
