@@ -74,6 +74,33 @@ class ModelLifecycleSettings(BaseModel):
     preload: list[str] = Field(default_factory=list, description="Models loaded at start (then subject to the TTL).")
 
 
+class PiperSettings(BaseModel):
+    default_voice: str = Field("en_US-joe-medium", description="Voice used when a request names an OpenAI voice.")
+    noise_scale: float | None = Field(None, ge=0, description="Piper's own default when unset.")
+
+
+class Qwen3TtsSettings(BaseModel):
+    enabled: bool = True
+    base_url: str = Field("http://127.0.0.1:17860", description="The vLLM-Omni server (deploy/qwen3-tts/compose.yaml).")
+    model: str = Field("Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice", description="The model id it serves and we list.")
+    api_key: str | None = None
+    default_voice: str = Field("vivian", description="Speaker used when a request names an OpenAI voice.")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    # A cold container compiles and warms up on its first request; the read timeout has to cover it.
+    read_timeout_s: float = Field(300.0, gt=0)
+
+
+class TtsSettings(BaseModel):
+    default_model: str = Field("piper", description="Served for tts-1, tts-1-hd and gpt-4o-mini-tts.")
+    max_input_chars: int = Field(4096, ge=1, description="Longer `input` is refused with 413 overflow.")
+    voice_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="OpenAI voice name -> engine voice id, e.g. {\"nova\": \"vivian\"}; unnamed aliases get the model's default voice.",
+    )
+    piper: PiperSettings = Field(default_factory=PiperSettings)
+    qwen3: Qwen3TtsSettings = Field(default_factory=Qwen3TtsSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -96,6 +123,7 @@ class Settings(BaseSettings):
     inventory_ttl_s: float = Field(2.0, ge=0)
 
     whisper: WhisperSettings = Field(default_factory=WhisperSettings)
+    tts: TtsSettings = Field(default_factory=TtsSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
 

@@ -9,9 +9,9 @@ the caller decides where and how fast decoding runs and can stop it between segm
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -99,6 +99,61 @@ class Transcriber(Protocol):
         self, audio: np.ndarray, options: TranscribeOptions
     ) -> tuple[TranscriptionInfo, Iterator[Segment]]:
         """Blocking. `audio` is 16 kHz mono float32; segments decode lazily as they are pulled."""
+        ...
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    id: str
+    name: str
+    languages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpeechOptions:
+    """What to say it with: the engine's own voice id (aliases already resolved) and the knobs."""
+
+    voice: str
+    speed: float = 1.0
+    instructions: str | None = None
+    # Engine-specific request fields passed through untouched (e.g. Qwen3-TTS `task_type`, `ref_audio`).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PcmChunk:
+    """Synthesized speech: 16-bit signed mono samples (numpy int16, 1-D) at `sample_rate`."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+
+@runtime_checkable
+class Synthesizer(Protocol):
+    """A loaded in-process text-to-speech model."""
+
+    card: ModelCard
+    # True when `speed` is honoured by the engine itself; otherwise the gateway time-stretches.
+    native_speed: bool
+
+    def synthesize(self, text: str, options: SpeechOptions) -> Iterator[PcmChunk]:
+        """Blocking and lazy: one chunk per sentence, each made when pulled, so a stop lands between sentences."""
+        ...
+
+
+class SpeechUpstream(Protocol):
+    """A text-to-speech server reached over HTTP; it schedules its own work."""
+
+    provider: str
+    capability: Capability
+    native_speed: bool
+
+    def probe(self) -> BackendStatus: ...
+
+    def voices(self, card: ModelCard) -> list[VoiceInfo]: ...
+
+    def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> AsyncIterator[PcmChunk]:
+        """Audio as the server sends it; failures raise AistackError (network, timeout, unknown)."""
         ...
 
 
