@@ -224,27 +224,33 @@ def test_negative_keep_alive_never_expires(models_cache: Path, logs) -> None:
     run(runtime, body)
 
 
-def test_zero_keep_alive_unloads_right_after_the_last_checkin(models_cache: Path, logs) -> None:
+def test_zero_keep_alive_unloads_at_the_next_reaper_tick_after_the_last_checkin(models_cache: Path, logs) -> None:
+    """Like Ollama's keep_alive 0: unloaded as soon as it is idle, but only at the reaper's next tick,
+    so a request queued for the same model that gets the slot right away still finds it loaded."""
     runtime = make_runtime(models_cache, keep_alive_s=0)
     lifecycle = runtime.lifecycle
 
     async def body() -> None:
-        (tiny,) = await cards(runtime, TINY)
-        await asyncio.gather(lifecycle.checkout(tiny), lifecycle.checkout(tiny))
-        entry = lifecycle.entry(TINY)
-        assert entry is not None and entry.in_use == 2
+        reaper = asyncio.create_task(lifecycle.run_reaper())
+        try:
+            (tiny,) = await cards(runtime, TINY)
+            await asyncio.gather(lifecycle.checkout(tiny), lifecycle.checkout(tiny))
+            entry = lifecycle.entry(TINY)
+            assert entry is not None and entry.in_use == 2
 
-        lifecycle.checkin(TINY)
-        assert entry.in_use == 1 and not entry.leaving  # still used by one
-        await asyncio.sleep(0.1)
-        assert lifecycle.entry(TINY) is entry and entry.state == "loaded"
+            lifecycle.checkin(TINY)
+            await asyncio.sleep(0.6)  # two reaper ticks
+            assert lifecycle.entry(TINY) is entry and entry.state == "loaded"  # still used by one
 
-        lifecycle.checkin(TINY)
-        assert entry.leaving and entry.state == "unloading"
-        assert entry.unloading is not None
-        await asyncio.wait_for(asyncio.shield(entry.unloading), timeout=10)
-        assert lifecycle.entries() == []
-        assert any(m.startswith(f"unloaded {TINY} (keep_alive_s is 0)") for m in lifecycle_messages(logs))
+            lifecycle.checkin(TINY)
+            assert entry.state == "loaded"  # not inside checkin
+            deadline = time.monotonic() + 10
+            while lifecycle.entries() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert lifecycle.entries() == []
+            assert any(m.startswith(f"unloaded {TINY} (idle for 0 s)") for m in lifecycle_messages(logs))
+        finally:
+            reaper.cancel()
 
     run(runtime, body)
 
@@ -277,6 +283,24 @@ def test_a_model_in_use_is_never_expired_or_evicted(models_cache: Path, logs) ->
         await wait_until(lambda: lifecycle.entry(BASE) is None, timeout=10)
         assert lifecycle.entry(TINY) is entry and entry.in_use == 1
         lifecycle.checkin(TINY)
+
+    run(runtime, body)
+
+
+def test_going_over_the_budget_is_corrected_when_the_model_in_use_is_checked_in(models_cache: Path, logs) -> None:
+    runtime = make_runtime(models_cache, prepare=True, keep_alive_s=-1, max_resident=1)
+    lifecycle = runtime.lifecycle
+
+    async def body() -> None:
+        tiny, base = await cards(runtime, TINY, BASE)
+        await lifecycle.checkout(tiny)
+        await lifecycle.load(base)  # over the budget: tiny.en is in use, and base is the one just loaded
+        assert resident(runtime) == {TINY, BASE}
+
+        lifecycle.checkin(TINY)  # the first idle moment: the least recently used other model goes
+        await wait_until(lambda: lifecycle.entry(BASE) is None, timeout=10)
+        assert resident(runtime) == {TINY}
+        assert any(m.startswith(f"unloaded {BASE} (least recently used") for m in lifecycle_messages(logs))
 
     run(runtime, body)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import time
@@ -85,8 +86,10 @@ class ModelLifecycle:
         if entry.in_use == 0:
             if entry.leaving:
                 self._begin_unload(entry)
-            elif self._settings.keep_alive_s == 0 and not entry.pinned:
-                self._request_unload(entry, "keep_alive_s is 0")
+            else:
+                # Loads that overlapped may have gone over the budget; the next idle moment corrects it,
+                # never by dropping the model just used (an admin load would otherwise undo itself).
+                self._evict_over_budget(keep=entry)
 
     # -- administration -----------------------------------------------------------------------
 
@@ -97,14 +100,12 @@ class ModelLifecycle:
     async def unload(self, model_id: str, reason: str = "asked to") -> bool:
         """Unload now, or as soon as its running jobs end; False when it was not loaded."""
         entry = self._entries.get(model_id)
-        if entry is None:
-            return False
-        if entry.state == "loading":
+        while entry is not None and entry.state == "loading":  # a new load may start while we wait
             with contextlib.suppress(Exception):
                 await asyncio.shield(entry.ready)
             entry = self._entries.get(model_id)
-            if entry is None:
-                return False
+        if entry is None:
+            return False
         done = self._request_unload(entry, reason)
         await asyncio.shield(done)
         return True
@@ -142,7 +143,8 @@ class ModelLifecycle:
     async def run_reaper(self) -> None:
         """Unload idle models as their keep-alive runs out, until cancelled."""
         keep_alive = self._settings.keep_alive_s
-        interval = min(5.0, max(0.05, keep_alive / 4)) if keep_alive > 0 else 5.0
+        # keep_alive 0 still waits a tick, so requests queued for the same model find it loaded.
+        interval = min(5.0, max(0.05, keep_alive / 4)) if keep_alive > 0 else 0.25
         while True:
             await asyncio.sleep(interval)
             self.expire_idle()
@@ -195,7 +197,10 @@ class ModelLifecycle:
             started = time.perf_counter()
             entry.model = await asyncio.to_thread(backend.load, entry.card)
         except BaseException as error:
-            self._entries.pop(entry.card.id, None)
+            if self._entries.get(entry.card.id) is entry:
+                del self._entries[entry.card.id]
+            if isinstance(error, Exception):
+                log.exception("loading %s failed", entry.card.id)
             failure = error if isinstance(error, Exception) else RuntimeError(f"loading {entry.card.id} was interrupted")
             entry.ready.set_exception(failure)
             if not isinstance(error, Exception):
@@ -221,15 +226,28 @@ class ModelLifecycle:
             victim = min(candidates, key=lambda e: e.idle_since)
             await asyncio.shield(self._request_unload(victim, f"least recently used, to make room for {entry.card.id}"))
 
-    def _over_budget(self, entry: ResidentModel) -> bool:
-        others = [e for e in self._entries.values() if e is not entry and not e.leaving]
+    def _evict_over_budget(self, keep: ResidentModel) -> None:
+        while self._over_budget(None):
+            idle = [
+                e for e in self._entries.values()
+                if e is not keep and e.state == "loaded" and e.in_use == 0 and not e.pinned and not e.leaving
+            ]
+            if not idle:
+                return
+            self._request_unload(min(idle, key=lambda e: e.idle_since), "least recently used, over the resident budget")
+
+    def _over_budget(self, entry: ResidentModel | None) -> bool:
+        counted = [e for e in self._entries.values() if e is not entry and not e.leaving]
+        if entry is not None:
+            counted.append(entry)
         max_count, max_mb = self._settings.max_resident, self._settings.max_resident_mb
-        if max_count is not None and len(others) + 1 > max_count:
+        if max_count is not None and len(counted) > max_count:
             return True
-        total = entry.size_bytes + sum(e.size_bytes for e in others)
+        total = sum(e.size_bytes for e in counted)
         return max_mb is not None and total > max_mb * 1024 * 1024
 
     def _request_unload(self, entry: ResidentModel, reason: str) -> asyncio.Future[None]:
+        assert entry.state != "loading", "a model is unloaded only once its load has finished"
         if entry.unloading is None:
             entry.unloading = asyncio.get_running_loop().create_future()
             entry.unload_reason = reason
@@ -272,10 +290,18 @@ def _release(backend: Backend, holder: list[Any]) -> None:
     _return_freed_heap()
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")  # runs ldconfig: once is enough
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def _return_freed_heap() -> None:
     """glibc keeps freed heap pages; malloc_trim gives them back so the process's resident memory drops."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError):
+            libc.malloc_trim(0)

@@ -38,7 +38,7 @@ class EngineHold:
     def __init__(self, gateway) -> None:
         self.released = threading.Event()
         self.holding = threading.Event()
-        self._remove = gateway.runtime.events.on_segment(self._on_segment)
+        self._remove = gateway.runtime.events.on_step(self._on_segment)
 
     def _on_segment(self, model_id: str, index: int) -> None:
         if not self.holding.is_set():

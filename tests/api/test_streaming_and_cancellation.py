@@ -57,7 +57,7 @@ def hold_second_segment_until_cancelled(gateway, access_log: AccessLogWatcher):
         if index == 1:
             access_log.cancelled.wait(HOLD_LIMIT_S)
 
-    return decoded, gateway.runtime.events.on_segment(hold)
+    return decoded, gateway.runtime.events.on_step(hold)
 
 
 def test_first_delta_reaches_the_client_before_the_last_segment_is_decoded(make_inprocess_gateway, long_wav: Path) -> None:
@@ -72,7 +72,7 @@ def test_first_delta_reaches_the_client_before_the_last_segment_is_decoded(make_
             # The engine may not go on until the client holds the first delta.
             held_until_delta.append(first_delta_seen.wait(HOLD_LIMIT_S))
 
-    remove = gateway.runtime.events.on_segment(hold_second_segment)
+    remove = gateway.runtime.events.on_step(hold_second_segment)
     try:
         with gateway.client() as client, open(long_wav, "rb") as audio:
             with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
@@ -141,7 +141,7 @@ def test_health_answers_while_the_engine_is_busy(make_inprocess_gateway, long_wa
             engine_inside.set()
             release.wait(HOLD_LIMIT_S)
 
-    remove = gateway.runtime.events.on_segment(hold_first_segment)
+    remove = gateway.runtime.events.on_step(hold_first_segment)
     try:
         with ThreadPoolExecutor(1) as pool, gateway.client() as client:
             def transcribe() -> httpx.Response:

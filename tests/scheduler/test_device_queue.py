@@ -330,6 +330,7 @@ async def _drain(held: list[Lease], waiters: list[asyncio.Task[Lease]]) -> None:
 
 
 def test_retry_after_grows_with_recorded_service_time() -> None:
+    """Only jobs that ran to their end (served=True) inform the estimate."""
     """Deterministic: leases back-dated to look as if held 0.2 s and 4.9 s."""
 
     async def scenario() -> list[int]:
@@ -338,7 +339,7 @@ def test_retry_after_grows_with_recorded_service_time() -> None:
             q = DeviceQueue("cpu", slots=1, queue_size=1, max_wait_s=5)
             lease = await q.acquire("x")
             lease.granted_at -= held_for
-            lease.release()
+            lease.release(served=True)
             assert q.typical_service_s() == pytest.approx(held_for, abs=0.05)
             held, waiters = await _fill(q)
             answers.append(await _retry_after_when_full(q))
@@ -358,7 +359,7 @@ def test_retry_after_grows_with_real_service_time() -> None:
         q = DeviceQueue("cpu", slots=1, queue_size=1, max_wait_s=5)
         lease = await q.acquire("x")
         await asyncio.sleep(held_for)
-        lease.release()
+        lease.release(served=True)
         held, waiters = await _fill(q)
         answer = await _retry_after_when_full(q)
         await _drain(held, waiters)
@@ -380,7 +381,7 @@ def test_retry_after_grows_with_queued_work() -> None:
         q = DeviceQueue("cpu", slots=1, queue_size=queue_size, max_wait_s=5)
         lease = await q.acquire("x")
         await asyncio.sleep(0.3)
-        lease.release()
+        lease.release(served=True)
         held, waiters = await _fill(q)
         answer = await _retry_after_when_full(q)
         await _drain(held, waiters)
@@ -401,7 +402,7 @@ def test_retry_after_accounts_for_slots_and_has_bounds() -> None:
         assert q.retry_after_s() >= 1  # idle, nothing recorded: still a positive integer
         lease = await q.acquire("x")
         lease.granted_at -= 9.5
-        lease.release()
+        lease.release(served=True)
         assert q.retry_after_s() == 10  # nothing running or queued counts as one job ahead
 
         wide = DeviceQueue("cpu", slots=4, queue_size=0, max_wait_s=5)
@@ -409,16 +410,16 @@ def test_retry_after_accounts_for_slots_and_has_bounds() -> None:
         for lease in leases:
             lease.granted_at -= 9.5
         for lease in leases:
-            lease.release()
+            lease.release(served=True)
         leases = [await wide.acquire("x") for _ in range(4)]
         assert wide.retry_after_s() == 10  # 4 ahead on 4 slots: one service time
         for lease in leases:
-            lease.release()
+            lease.release(served=True)
 
         huge = DeviceQueue("cpu", slots=1, queue_size=0, max_wait_s=5)
         lease = await huge.acquire("x")
         lease.granted_at -= 10**6
-        lease.release()
+        lease.release(served=True)
         assert huge.retry_after_s() == 3600
 
     run(scenario)
@@ -519,10 +520,10 @@ def test_describe_reports_slots_busy_queued_running_and_waits() -> None:
         assert busy["running"] == {"asr": 1, "tts": 1}
 
         await asyncio.sleep(0.03)
-        tts.release()
+        tts.release(served=True)
         await settle()
         await asyncio.sleep(0.03)
-        asr.release()
+        asr.release(served=True)
         await settle()
         granted = [task.result() for task in waiters]
         after = q.describe()
@@ -542,7 +543,7 @@ def test_describe_reports_slots_busy_queued_running_and_waits() -> None:
         assert stats["p50"] <= stats["p95"] <= stats["max"]
 
         for lease in granted:
-            lease.release()
+            lease.release(served=True)
         final = q.describe()
         assert final["busy"] == 0
         assert final["running"] == {}

@@ -58,7 +58,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def test_an_unserialized_provider_takes_no_slot_and_unloads_nothing(models_cache: Path, logs) -> None:
     runtime = make_runtime(models_cache, serialized_upstreams=["qwen3-tts"], unload_asr_before_llm=True)
-    gate = runtime.upstreams
+    gate = runtime.upstream_gate
 
     async def body() -> None:
         await runtime.lifecycle.load(await tiny_card(runtime))
@@ -83,7 +83,7 @@ def test_an_unserialized_provider_takes_no_slot_and_unloads_nothing(models_cache
 
 def test_a_serialized_call_holds_the_shared_slot_for_its_duration(models_cache: Path) -> None:
     runtime = make_runtime(models_cache, serialized_upstreams=["qwen3-tts"])
-    gate = runtime.upstreams
+    gate = runtime.upstream_gate
     order: list[str] = []
 
     async def body() -> None:
@@ -117,7 +117,7 @@ def test_a_serialized_call_holds_the_shared_slot_for_its_duration(models_cache: 
 
 def test_the_slot_is_released_when_the_call_raises(models_cache: Path) -> None:
     runtime = make_runtime(models_cache, serialized_upstreams=["qwen3-tts"])
-    gate = runtime.upstreams
+    gate = runtime.upstream_gate
 
     async def body() -> None:
         waiting = None
@@ -151,7 +151,7 @@ def test_an_llm_call_first_unloads_idle_asr_on_the_shared_device(models_cache: P
         await runtime.lifecycle.load(await tiny_card(runtime))
         entry = runtime.lifecycle.entry(TINY)
         assert entry is not None and entry.device == "cpu" and entry.in_use == 0
-        async with runtime.upstreams.call("ollama", "llm") as lease:
+        async with runtime.upstream_gate.call("ollama", "llm") as lease:
             assert lease is not None
             assert runtime.lifecycle.entry(TINY) is None  # gone before the body runs
             assert runtime.lifecycle.entries() == []
@@ -168,7 +168,7 @@ def test_without_the_flag_an_llm_call_leaves_asr_resident(models_cache: Path) ->
     async def body() -> None:
         await runtime.lifecycle.load(await tiny_card(runtime))
         entry = runtime.lifecycle.entry(TINY)
-        async with runtime.upstreams.call("ollama", "llm") as lease:
+        async with runtime.upstream_gate.call("ollama", "llm") as lease:
             assert lease is not None
             assert runtime.lifecycle.entry(TINY) is entry
             assert entry is not None and entry.state == "loaded" and not entry.leaving
@@ -182,7 +182,7 @@ def test_a_tts_call_never_unloads_asr(models_cache: Path) -> None:
     async def body() -> None:
         await runtime.lifecycle.load(await tiny_card(runtime))
         entry = runtime.lifecycle.entry(TINY)
-        async with runtime.upstreams.call("qwen3-tts", "tts") as lease:
+        async with runtime.upstream_gate.call("qwen3-tts", "tts") as lease:
             assert lease is not None
             assert runtime.lifecycle.entry(TINY) is entry
             assert entry is not None and entry.state == "loaded" and not entry.leaving
@@ -198,7 +198,7 @@ def test_an_llm_call_leaves_asr_in_use_and_asr_on_other_devices(models_cache: Pa
         # In use on the shared device: a running transcription keeps its model.
         await runtime.lifecycle.checkout(card)
         entry = runtime.lifecycle.entry(TINY)
-        async with runtime.upstreams.call("ollama", "llm"):
+        async with runtime.upstream_gate.call("ollama", "llm"):
             assert runtime.lifecycle.entry(TINY) is entry
             assert entry is not None and entry.in_use == 1 and not entry.leaving
         runtime.lifecycle.checkin(TINY)
@@ -212,7 +212,7 @@ def test_an_llm_call_leaves_asr_in_use_and_asr_on_other_devices(models_cache: Pa
     async def on_gpu() -> None:
         await runtime.lifecycle.load(await tiny_card(runtime))
         entry = runtime.lifecycle.entry(TINY)
-        async with runtime.upstreams.call("ollama", "llm") as lease:
+        async with runtime.upstream_gate.call("ollama", "llm") as lease:
             assert lease is not None and lease.device == "cuda:0"
             assert runtime.lifecycle.entry(TINY) is entry
             assert entry is not None and entry.device == "cpu" and not entry.leaving

@@ -273,16 +273,22 @@ def test_an_exception_from_produce_itself_reaches_the_consumer_and_releases() ->
     run(scenario)
 
 
-def test_a_lease_given_to_stream_is_taken_over_so_abandon_does_not_release_it() -> None:
+def test_abandoning_a_taken_over_lease_stops_the_engine_and_the_worker_releases_it() -> None:
+    """At request end the handler abandons its lease: the engine stops at its next step and only
+    the worker, once the engine has stopped, gives the slot back."""
     gate = threading.Event()
-    in_step = threading.Event()
+    busy = threading.Event()
+    next_step = threading.Event()
     engine_stopped = threading.Event()
 
     def produce() -> Iterator[str]:
         try:
             yield "started"
-            in_step.set()
-            gate.wait(TIMEOUT)
+            busy.set()
+            gate.wait(TIMEOUT)  # the engine is busy with something that cannot be interrupted
+            yield "second"
+            next_step.set()
+            yield "third"
         finally:
             engine_stopped.set()
 
@@ -293,17 +299,16 @@ def test_a_lease_given_to_stream_is_taken_over_so_abandon_does_not_release_it() 
             stream = scheduler.stream(lease, produce)
             assert await stream.__anext__() == "started"
             assert lease.taken_over
-            lease.abandon()  # e.g. the request handler gives up: the worker still owns the slot
-            assert not lease.released
-            assert scheduler.total_running() == 1
-            assert await eventually(in_step.is_set)  # the engine is inside its next step
-            await stream.aclose()
+            assert await eventually(busy.is_set)  # the worker is inside the engine, past its stop check
+            lease.abandon()
             await asyncio.sleep(0.05)
-            assert not lease.released  # the engine is still blocked in that step
+            assert not lease.released  # the worker still owns the slot while the engine is busy
+            assert scheduler.total_running() == 1
             gate.set()
             assert await eventually(lambda: lease.released)
-            assert engine_stopped.is_set()
+            assert engine_stopped.is_set() and not next_step.is_set()  # stopped before its next step
             assert scheduler.total_running() == 0
+            await stream.aclose()
         finally:
             gate.set()
             scheduler.shutdown()

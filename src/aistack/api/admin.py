@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..engines.base import ModelCard
-from ..errors import AistackError, ErrorKind
+from ..errors import AistackError, ClientGone, ErrorKind
 from ..inventory import Snapshot
 from ..lifecycle import ModelLifecycle, ResidentModel
 from ..runtime import Runtime
@@ -32,7 +32,7 @@ async def load_model(model_id: str, request: Request, runtime: RuntimeDep) -> di
     card = _servable(await runtime.inventory.snapshot(), model_id)
     try:
         await until_disconnected(request, runtime.lifecycle.load(card))
-    except AistackError:
+    except (AistackError, ClientGone):
         raise
     except Exception as error:
         raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} could not load {card.id}: {error}", provider=card.provider) from None

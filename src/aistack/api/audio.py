@@ -15,8 +15,8 @@ from ..engines.base import ModelCard, TranscribeOptions
 from ..errors import malformed
 from ..languages import normalize_language
 from ..runtime import Runtime
-from .deps import RuntimeDep, until_disconnected
-from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end, mark_cancelled
+from .deps import RuntimeDep, cancellable_body, until_disconnected
+from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end
 
 router = APIRouter(tags=["audio"])
 
@@ -91,7 +91,7 @@ async def _serve(
     if stream:
         events = service.stream_events(job, audio, options)
         return StreamingResponse(
-            _cancellable(request, events),
+            cancellable_body(request, events),
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -100,16 +100,3 @@ async def _serve(
     if isinstance(body, str):
         return Response(body, media_type=MEDIA_TYPES[response_format], headers=headers)
     return JSONResponse(body, headers=headers)
-
-
-async def _cancellable(request: Request, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Relay the events; a stream that ends any other way than running out was left by its client."""
-    finished = False
-    try:
-        async for chunk in events:
-            yield chunk
-        finished = True
-    finally:
-        if not finished:
-            mark_cancelled(request.scope)
-        await events.aclose()  # type: ignore[attr-defined]

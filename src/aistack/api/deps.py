@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -51,3 +52,14 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         await work_task
     mark_cancelled(request.scope)
     raise ClientGone()
+
+
+async def cancellable_body(request: Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Relay a streamed body; one closed or cancelled before it ran out was left by its client (499)."""
+    try:
+        async with aclosing(body) as parts:  # type: ignore[type-var]
+            async for part in parts:
+                yield part
+    except (GeneratorExit, asyncio.CancelledError):
+        mark_cancelled(request.scope)
+        raise

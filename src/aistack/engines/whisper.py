@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -112,9 +112,11 @@ class WhisperBackend:
     provider = PROVIDER
     capability = "asr"
 
-    def __init__(self, settings: WhisperSettings, resolver: WeightResolver) -> None:
+    def __init__(self, settings: WhisperSettings, resolver: WeightResolver, slots_on: Callable[[str], int]) -> None:
         self._settings = settings
         self._resolver = resolver
+        # CTranslate2 runs one call at a time per worker: one worker per scheduler slot on the device.
+        self._slots_on = slots_on
         self._device: str | None = None
 
     def library_missing(self) -> Unavailable | None:
@@ -199,6 +201,7 @@ class WhisperBackend:
             device_index=int(self.device(card).partition(":")[2] or 0),
             compute_type=self._settings.compute_type,
             cpu_threads=self._settings.cpu_threads,
+            num_workers=self._slots_on(self.device(card)),
             local_files_only=True,
         )
         log.info("loaded %s from %s (%s) in %.2f s", card.id, path, resolved.source, time.perf_counter() - started)

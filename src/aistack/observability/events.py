@@ -8,31 +8,32 @@ from collections.abc import Callable
 
 log = logging.getLogger("aistack.events")
 
-SegmentListener = Callable[[str, int], None]
+StepListener = Callable[[str, int], None]
 
 
 class EngineEvents:
-    """Listeners are called on the worker thread, right after the engine produced a segment."""
+    """Listeners are called on the worker thread right after an engine finished a step: a decoded
+    segment for speech-to-text, a synthesized sentence for text-to-speech."""
 
     def __init__(self) -> None:
-        self._segment_listeners: list[SegmentListener] = []
+        self._step_listeners: list[StepListener] = []
         self._lock = threading.Lock()
 
-    def on_segment(self, listener: SegmentListener) -> Callable[[], None]:
+    def on_step(self, listener: StepListener) -> Callable[[], None]:
         with self._lock:
-            self._segment_listeners.append(listener)
+            self._step_listeners.append(listener)
 
         def remove() -> None:
             with self._lock:
-                self._segment_listeners.remove(listener)
+                self._step_listeners.remove(listener)
 
         return remove
 
-    def segment_decoded(self, model_id: str, index: int) -> None:
+    def step_done(self, model_id: str, index: int) -> None:
         with self._lock:
-            listeners = list(self._segment_listeners)
+            listeners = list(self._step_listeners)
         for listener in listeners:
             try:
                 listener(model_id, index)
             except Exception:  # a faulty listener must not stop decoding
-                log.exception("segment listener failed")
+                log.exception("an engine step listener failed")

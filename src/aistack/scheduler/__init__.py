@@ -35,13 +35,16 @@ class Scheduler:
         self._workers: dict[str, ThreadPoolExecutor] = {}
         self.queue(CPU)
 
+    def slots_on(self, device: str) -> int:
+        return self._settings.cpu_slots if device == CPU else self._settings.gpu_slots
+
     def queue(self, device: str) -> DeviceQueue:
         found = self._queues.get(device)
         if found is None:
             s = self._settings
-            slots = s.cpu_slots if device == CPU else s.gpu_slots
+            slots = self.slots_on(device)
             found = self._queues[device] = DeviceQueue(device, slots, s.queue_size, s.max_wait_s)
-            # One thread per slot: a job holds its slot until its thread is done with the engine.
+            # One thread per slot: a job holds its slot until the engine has stopped.
             self._workers[device] = ThreadPoolExecutor(slots, thread_name_prefix=f"aistack-{device}")
         return found
 
@@ -80,12 +83,14 @@ class Scheduler:
 
         def work() -> None:
             iterator: Iterator[T] | None = None
+            ran_to_end = False
             try:
                 iterator = produce()
-                while not stop.is_set():
+                while not (stop.is_set() or lease.stop.is_set()):
                     try:
                         item = next(iterator)
                     except StopIteration:
+                        ran_to_end = True
                         break
                     on_loop(queue.put_nowait, (_ITEM, item))
             except BaseException as error:  # noqa: BLE001 - re-raised on the loop side
@@ -98,7 +103,7 @@ class Scheduler:
                 except Exception:  # the engine's own clean-up failed; the slot must come back anyway
                     log.exception("an engine failed while stopping")
                 finally:
-                    on_loop(lease.release)
+                    on_loop(lease.release, ran_to_end)
                     on_loop(queue.put_nowait, (_END, None))
 
         if lease.released:

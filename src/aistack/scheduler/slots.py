@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import statistics
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -34,6 +35,8 @@ class Lease:
         self.waited_s = waited_s
         self.granted_at = time.monotonic()
         self.taken_over = False
+        # Set when the request is over: a worker still running for it stops at its next step.
+        self.stop = threading.Event()
         self._queue = queue
         self._released = False
         self._on_release: list[Callable[[], None]] = []
@@ -43,9 +46,13 @@ class Lease:
         return self._released
 
     def on_release(self, callback: Callable[[], None]) -> None:
+        if self._released:
+            callback()
+            return
         self._on_release.append(callback)
 
-    def release(self) -> None:
+    def release(self, served: bool = False) -> None:
+        """Give the slot back; `served` when a job ran to its end, so its time informs Retry-After."""
         if self._released:
             return
         self._released = True
@@ -54,10 +61,12 @@ class Lease:
                 callback()
             except Exception:  # one faulty callback must not keep the slot
                 log.exception("a release callback failed")
-        self._queue._release(self)
+        self._queue._release(self, served)
 
     def abandon(self) -> None:
-        """Release unless a worker took the lease over (it releases when the engine has stopped)."""
+        """The request is over: stop the worker if one took the lease over (it releases when the
+        engine has stopped), else give the slot back now."""
+        self.stop.set()
         if not self.taken_over:
             self.release()
 
@@ -115,7 +124,7 @@ class DeviceQueue:
 
     def _withdraw(self, waiter: _Waiter) -> None:
         if waiter.future.done() and not waiter.future.cancelled():
-            self._pass_on(waiter.future.result())  # granted just as it gave up
+            waiter.future.result().release()  # granted just as it gave up: not a served job
             return
         waiter.future.cancel()
         try:
@@ -131,12 +140,7 @@ class DeviceQueue:
         self.granted += 1
         return lease
 
-    def _pass_on(self, lease: Lease) -> None:
-        """Give back a slot that was granted but never used, without counting it as a served job."""
-        lease._released = True
-        self._release(lease, served=False)
-
-    def _release(self, lease: Lease, served: bool = True) -> None:
+    def _release(self, lease: Lease, served: bool) -> None:
         self._holders.discard(lease)
         self._running[lease.capability] -= 1
         if served:
@@ -149,11 +153,12 @@ class DeviceQueue:
         self._free += 1
 
     def typical_service_s(self) -> float:
-        """The median slot time of recent jobs; before there are any, how long the running ones have taken."""
+        """The median slot time of recent jobs that ran to their end; before there are any, how long
+        the running ones have taken so far (at least a second)."""
         if self._service_times:
             return statistics.median(self._service_times)
         now = time.monotonic()
-        return max((now - lease.granted_at for lease in self._holders), default=1.0)
+        return max([1.0, *(now - lease.granted_at for lease in self._holders)])
 
     def retry_after_s(self) -> int:
         """Seconds until the work already here (running and queued) should have gone through the slots."""

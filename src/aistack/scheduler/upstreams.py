@@ -34,9 +34,11 @@ class UpstreamGate:
             return
         device = self._settings.shared_gpu
         lease = await self._scheduler.admit(device, capability)
+        served = False
         try:
             if capability == "llm" and self._settings.unload_asr_before_llm:
                 await self._lifecycle.unload_idle(device=device, capability="asr", reason=f"making room for {provider}")
             yield lease
+            served = True
         finally:
-            lease.release()
+            lease.release(served)

@@ -33,6 +33,7 @@ from ..lifecycle import ModelLifecycle
 from ..observability.events import EngineEvents
 from ..routing import WHISPER_ONLY, route, transcribes, unsupported_language
 from ..scheduler import Lease, Scheduler
+from .claims import claim
 
 log = logging.getLogger("aistack.transcription")
 
@@ -90,23 +91,8 @@ class TranscriptionService:
         return card
 
     async def start(self, card: ModelCard, on_lease: Callable[[Lease], None]) -> Job:
-        """Wait for a slot on the model's device, then for the model to be loaded.
-
-        `on_lease` receives the slot as soon as it is granted, so the caller can make sure it is
-        given back even if this coroutine is cancelled later. A load failure is a 500 naming the engine.
-        """
-        lease = await self._scheduler.admit(self._backends[card.provider].device(card), "asr")
-        on_lease(lease)
-        try:
-            transcriber = await self._lifecycle.checkout(card)
-        except Exception as error:
-            lease.release()
-            log.exception("loading %s failed", card.id)
-            raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} could not load {card.id}: {error}", provider=card.provider) from None
-        except BaseException:
-            lease.release()
-            raise
-        lease.on_release(lambda: self._lifecycle.checkin(card.id))
+        """A slot on the model's device and the loaded model (see `claim`)."""
+        lease, transcriber = await claim(self._scheduler, self._lifecycle, self._backends[card.provider], card, "asr", on_lease)
         return Job(lease, transcriber)
 
     async def run(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[TranscriptionInfo | Segment]:
@@ -119,7 +105,7 @@ class TranscriptionService:
             info, segments = transcriber.transcribe(audio, options)
             yield info
             for segment in segments:
-                events.segment_decoded(card.id, segment.id)
+                events.step_done(card.id, segment.id)
                 yield segment
 
         try:
