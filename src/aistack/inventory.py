@@ -53,11 +53,12 @@ class Snapshot:
         )
 
     def unknown_model_error(self, model_id: str, choices: str) -> AistackError:
-        """503 with the install command for a known model that is not installed, else 404 naming `choices`."""
+        """503 saying why a known model cannot be served and the command that fixes it (install the
+        weights, start the server), else 404 naming `choices`."""
         for status in self.statuses:
             for missing in status.unavailable:
                 if missing.subject == model_id:
-                    return network(f"model '{model_id}' is not installed ({missing.reason}); to install it: {missing.fix}",
+                    return network(f"model '{model_id}' cannot be served now: {missing.reason}; to fix it: {missing.fix}",
                                    provider=status.provider)
         return not_found(f"model '{model_id}' does not exist here; {choices}", param="model")
 

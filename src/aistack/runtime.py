@@ -7,13 +7,16 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from .engines.base import Backend
+from .engines.base import Backend, SpeechUpstream
+from .engines.piper import PiperBackend
+from .engines.qwen3_tts import Qwen3TtsBackend
 from .engines.whisper import WhisperBackend
 from .inventory import Inventory
 from .lifecycle import ModelLifecycle
 from .observability.events import EngineEvents
 from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
+from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
 from .settings import Settings
 from .weights.catalog import whisper_id_for_size
@@ -31,9 +34,10 @@ class Runtime:
     inventory: Inventory
     scheduler: Scheduler
     lifecycle: ModelLifecycle
-    upstreams: UpstreamGate
+    upstream_gate: UpstreamGate
     events: EngineEvents
     transcription: TranscriptionService
+    speech: SpeechService
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def prepare_weights(self) -> list[str]:
@@ -41,8 +45,17 @@ class Runtime:
         return self.whisper.prepare()
 
     async def start(self) -> None:
-        """On the serving loop: the keep-alive reaper, and the pinned and preloaded models (in the background)."""
+        """On the serving loop: the keep-alive reaper, each device's queue (so /ready lists it from the
+        start), and the pinned and preloaded models (in the background)."""
         self._background.append(asyncio.create_task(self.lifecycle.run_reaper(), name="aistack-reaper"))
+        snapshot = await self.inventory.snapshot()
+        in_process = [(self.backends[c.provider], c) for c in snapshot.cards if c.provider in self.backends]
+        # Off the loop: finding a device may initialise a GPU runtime.
+        devices = await asyncio.to_thread(lambda: {backend.device(card) for backend, card in in_process})
+        if self.settings.scheduler.serialized_upstreams:
+            devices.add(self.settings.scheduler.shared_gpu)
+        for device in sorted(devices):
+            self.scheduler.queue(device)
         wanted = list(dict.fromkeys([*self.settings.models.pinned, *self.settings.models.preload]))
         if wanted:
             self._background.append(asyncio.create_task(self._preload(wanted), name="aistack-preload"))
@@ -66,18 +79,22 @@ class Runtime:
                 await task
         self._background.clear()
         await self.lifecycle.close()
+        await self.speech.aclose()
         self.scheduler.shutdown()
 
 
 def build_runtime(settings: Settings) -> Runtime:
     resolver = WeightResolver(settings.models_cache_dir, settings.model_paths)
-    whisper = WhisperBackend(settings.whisper, resolver)
-    backends: tuple[Backend, ...] = (whisper,)
-    by_provider = {b.provider: b for b in backends}
-    inventory = Inventory(backends, settings.probe_timeout_s, settings.inventory_ttl_s)
     scheduler = Scheduler(settings.scheduler)
+    whisper = WhisperBackend(settings.whisper, resolver, scheduler.slots_on)
+    piper = PiperBackend(settings.tts.piper, resolver)
+    backends: tuple[Backend, ...] = (whisper, piper)
+    qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
+    upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
+    by_provider = {b.provider: b for b in backends}
+    inventory = Inventory((*backends, *upstreams.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
     lifecycle = ModelLifecycle(by_provider, settings.models)
-    upstreams = UpstreamGate(settings.scheduler, scheduler, lifecycle)
+    gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
     events = EngineEvents()
     transcription = TranscriptionService(
         inventory,
@@ -87,4 +104,5 @@ def build_runtime(settings: Settings) -> Runtime:
         events,
         default_whisper_id=whisper_id_for_size(settings.whisper.default_size),
     )
-    return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, upstreams, events, transcription)
+    speech = SpeechService(settings.tts, inventory, by_provider, upstreams, scheduler, lifecycle, gate, events)
+    return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription, speech)

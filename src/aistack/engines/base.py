@@ -156,6 +156,10 @@ class SpeechUpstream(Protocol):
         """Audio as the server sends it; failures raise AistackError (network, timeout, unknown)."""
         ...
 
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        ...
+
 
 class Backend(Protocol):
     provider: str

@@ -1,0 +1,516 @@
+"""Qwen3-TTS served by vLLM-Omni (deploy/qwen3-tts/compose.yaml), reached over HTTP.
+
+The server speaks vLLM-Omni's Speech API: `GET /health` (200 once the engine is up),
+`GET /v1/audio/voices` (`{"voices": [...], "uploaded_voices": [...]}`), and
+`POST /v1/audio/speech` with OpenAI's fields (`input`, `model`, `voice`, `response_format`,
+`speed`, `instructions`) plus its own (`task_type`, `language`, `ref_audio`, `ref_text`,
+`max_new_tokens`, ...). With `stream_format="audio"` (and `stream=true`, which older releases
+key on) it sends the audio as it is decoded: a chunked body of raw 16-bit little-endian mono PCM
+at the model's native 24 kHz (`response_format="pcm"`), or a WAV whose header carries
+0xFFFFFFFF in place of the sizes (`"wav"`). Raw PCM is what every streaming release accepts;
+a WAV body is recognised by its `RIFF` header either way. A streamed request refuses
+`speed != 1`, so the gateway time-stretches (`native_speed = False`). Errors come back as
+`{"error": {"message", "type", "param", "code"}}` (older vLLM: the same fields at the top level
+with `"object": "error"`; FastAPI's own: `{"detail": ...}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ..errors import AistackError, ErrorKind
+from ..settings import Qwen3TtsSettings
+from .base import BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+
+log = logging.getLogger("aistack.engines.qwen3_tts")
+
+PROVIDER = "qwen3-tts"
+FAMILY = "qwen3-tts"
+NATIVE_SAMPLE_RATE = 24_000
+COMPOSE_COMMAND = "docker compose -f deploy/qwen3-tts/compose.yaml up -d"
+START_FIX = f"{COMPOSE_COMMAND} (the first start downloads the model and warms up, which takes minutes)"
+ENABLE_SETTING = "AISTACK_TTS__QWEN3__ENABLED"
+READ_TIMEOUT_SETTING = "AISTACK_TTS__QWEN3__READ_TIMEOUT_S"
+API_KEY_SETTING = "AISTACK_TTS__QWEN3__API_KEY"
+# Request fields this backend sets itself; an `extra` key with one of these names is ignored.
+RESERVED_FIELDS = frozenset({"input", "model", "voice", "response_format", "stream", "stream_format", "speed", "instructions"})
+# How much of an error body is read and quoted.
+MAX_ERROR_BODY = 64 * 1024
+MAX_MESSAGE_CHARS = 500
+
+# The speakers of the CustomVoice checkpoints, with each speaker's native language (every
+# speaker can read all ten supported languages). Used until the server has listed its own.
+CUSTOM_VOICE_SPEAKERS: tuple[VoiceInfo, ...] = (
+    VoiceInfo("aiden", "Aiden", ("en",)),
+    VoiceInfo("dylan", "Dylan", ("zh",)),
+    VoiceInfo("eric", "Eric", ("zh",)),
+    VoiceInfo("ono_anna", "Ono Anna", ("ja",)),
+    VoiceInfo("ryan", "Ryan", ("en",)),
+    VoiceInfo("serena", "Serena", ("zh",)),
+    VoiceInfo("sohee", "Sohee", ("ko",)),
+    VoiceInfo("uncle_fu", "Uncle Fu", ("zh",)),
+    VoiceInfo("vivian", "Vivian", ("zh",)),
+)
+_KNOWN_SPEAKERS = {voice.id: voice for voice in CUSTOM_VOICE_SPEAKERS}
+
+
+class Qwen3TtsBackend:
+    provider = PROVIDER
+    capability = "tts"
+    # A streamed request refuses speed != 1.0 on vLLM-Omni, so the gateway time-stretches.
+    native_speed = False
+    # What `speak` asks for; "wav" works as well on releases that stream WAV.
+    response_format = "pcm"
+
+    def __init__(self, settings: Qwen3TtsSettings, probe_timeout_s: float) -> None:
+        self._settings = settings
+        self._probe_timeout_s = probe_timeout_s
+        self._base_url = settings.base_url.rstrip("/")
+        self._voices: tuple[VoiceInfo, ...] = CUSTOM_VOICE_SPEAKERS
+        self._first_seen: int | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- visibility -------------------------------------------------------------------------
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self._settings.model,
+            provider=PROVIDER,
+            capabilities=("tts",),
+            family=FAMILY,
+            supports_streaming=True,
+            created=self._first_seen or 0,
+        )
+
+    def probe(self) -> BackendStatus:
+        """Blocking: visible exactly when the server's /health answers 200 within the probe timeout."""
+        settings = self._settings
+        if not settings.enabled:
+            reason = "Qwen3-TTS is disabled in the settings"
+            fix = f"set {ENABLE_SETTING}=true (tts.qwen3.enabled in the config file), then start it: {START_FIX}"
+            return BackendStatus(PROVIDER, "tts", unavailable=(Unavailable(settings.model, reason, fix),))
+        deadline = time.monotonic() + self._probe_timeout_s
+        health = f"{self._base_url}/health"
+        try:
+            with httpx.Client(timeout=self._probe_timeout_s, headers=self._auth_headers(), trust_env=False) as client:
+                response = client.get(health)
+                if response.status_code != 200:
+                    detail = _health_detail(response)
+                    return self._down(
+                        f"{health} answered {response.status_code}{': ' + detail if detail else ''} "
+                        "(still loading the model, or its engine stopped)"
+                    )
+                self._refresh_voices(client, deadline)
+        except httpx.ConnectError as error:
+            return self._down(f"nothing answers at {self._base_url} ({_describe(error)})")
+        except httpx.TimeoutException:
+            return self._down(f"{health} did not answer within {self._probe_timeout_s:g} s (starting up, or hung)")
+        except httpx.HTTPError as error:
+            return self._down(f"{health} failed: {_describe(error)}")
+        if self._first_seen is None:
+            self._first_seen = int(time.time())
+        return BackendStatus(PROVIDER, "tts", cards=(self.card(),))
+
+    def _down(self, reason: str) -> BackendStatus:
+        return BackendStatus(PROVIDER, "tts", unavailable=(Unavailable(self._settings.model, reason, START_FIX),))
+
+    def _refresh_voices(self, client: httpx.Client, deadline: float) -> None:
+        """Take the speaker list from the server's voices endpoint; keep the last one if it cannot say."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.01:
+            return
+        try:
+            response = client.get(f"{self._base_url}/v1/audio/voices", timeout=remaining)
+        except httpx.HTTPError as error:
+            log.debug("qwen3-tts voices listing failed: %s", error)
+            return
+        if response.status_code != 200:
+            log.debug("qwen3-tts voices listing answered %s", response.status_code)
+            return
+        try:
+            names = response.json().get("voices")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(names, list) and all(isinstance(name, str) for name in names):
+            self._voices = tuple(_voice_info(name) for name in names)
+
+    def voices(self, card: ModelCard) -> list[VoiceInfo]:
+        return list(self._voices)
+
+    def default_voice(self, card: ModelCard) -> str:
+        return self._settings.default_voice
+
+    # -- synthesis --------------------------------------------------------------------------
+
+    def request_body(self, card: ModelCard, text: str, options: SpeechOptions) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "input": text,
+            "model": card.id,
+            "voice": options.voice,
+            "response_format": self.response_format,
+            "stream": True,
+            "stream_format": "audio",
+        }
+        if options.instructions:
+            body["instructions"] = options.instructions
+        if self.native_speed and options.speed != 1.0:
+            body["speed"] = options.speed
+        for key, value in options.extra.items():
+            if key in RESERVED_FIELDS:
+                log.warning("ignoring extra field %r for qwen3-tts: the gateway sets it", key)
+                continue
+            body[key] = value
+        return body
+
+    async def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> AsyncIterator[PcmChunk]:
+        """Audio as the server decodes it; failures raise AistackError. Closing the generator closes the connection."""
+        body = self.request_body(card, text, options)
+        raw_rate = body.get("sample_rate") if isinstance(body.get("sample_rate"), int) else NATIVE_SAMPLE_RATE
+        client = self._async_client()
+        request = client.build_request("POST", f"{self._base_url}/v1/audio/speech", json=body)
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.ConnectError as error:
+            raise self._unreachable(_describe(error)) from None
+        except httpx.ConnectTimeout:
+            raise self._unreachable(f"no connection within {self._settings.connect_timeout_s:g} s") from None
+        except httpx.TimeoutException:
+            raise self._timed_out() from None
+        except httpx.TransportError as error:
+            raise AistackError(
+                ErrorKind.NETWORK,
+                f"qwen3-tts at {self._base_url} closed the connection without answering ({_describe(error)}); "
+                f"it may still be starting. Start or check it: {START_FIX}",
+                provider=PROVIDER,
+            ) from None
+        decoder = PcmStreamDecoder(raw_rate)
+        try:
+            if response.status_code >= 400:
+                raise await self._upstream_error(response)
+            async for data in response.aiter_bytes():
+                chunk = decoder.feed(data)
+                if chunk is not None:
+                    yield chunk
+            decoder.finish()
+        except httpx.TimeoutException:
+            raise self._timed_out(decoder.seconds) from None
+        except httpx.TransportError as error:
+            raise AistackError(
+                ErrorKind.UNKNOWN,
+                f"qwen3-tts dropped the connection after {decoder.seconds:.1f} s of audio ({_describe(error)})",
+                provider=PROVIDER,
+            ) from None
+        except WavError as error:
+            raise AistackError(ErrorKind.UNKNOWN, f"qwen3-tts sent audio that cannot be read: {error}", provider=PROVIDER) from None
+        finally:
+            await response.aclose()
+        if decoder.samples == 0:
+            raise AistackError(ErrorKind.UNKNOWN, "qwen3-tts answered without any audio", provider=PROVIDER)
+
+    def _async_client(self) -> httpx.AsyncClient:
+        """One pooled client per event loop (a client's connections belong to the loop that made them)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
+            settings = self._settings
+            timeout = httpx.Timeout(
+                connect=settings.connect_timeout_s,
+                read=settings.read_timeout_s,
+                write=settings.read_timeout_s,
+                pool=settings.read_timeout_s,
+            )
+            self._client = httpx.AsyncClient(timeout=timeout, headers=self._auth_headers(), trust_env=False)
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+    def _auth_headers(self) -> dict[str, str]:
+        key = self._settings.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _unreachable(self, detail: str) -> AistackError:
+        return AistackError(
+            ErrorKind.NETWORK,
+            f"qwen3-tts is not reachable at {self._base_url} ({detail}); start it: {START_FIX}",
+            provider=PROVIDER,
+        )
+
+    def _timed_out(self, audio_seconds: float | None = None) -> AistackError:
+        limit = self._settings.read_timeout_s
+        if audio_seconds:
+            what = f"qwen3-tts sent nothing for {limit:g} s after {audio_seconds:.1f} s of audio"
+        else:
+            what = f"qwen3-tts did not answer within {limit:g} s"
+        return AistackError(
+            ErrorKind.TIMEOUT,
+            f"{what}; a cold server warms up on its first request, so raise {READ_TIMEOUT_SETTING} if it needs longer",
+            provider=PROVIDER,
+        )
+
+    async def _upstream_error(self, response: httpx.Response) -> AistackError:
+        body = bytearray()
+        try:
+            async for data in response.aiter_bytes():
+                body += data
+                if len(body) >= MAX_ERROR_BODY:
+                    break
+        except httpx.HTTPError:
+            pass  # the status alone still says what happened
+        status = response.status_code
+        message, param = upstream_message(bytes(body), status)
+        if status in (401, 403):
+            return AistackError(
+                ErrorKind.UNKNOWN,
+                f"qwen3-tts refused the gateway's credentials ({status}: {message}); set {API_KEY_SETTING} to its --api-key",
+                provider=PROVIDER,
+            )
+        if status < 500:
+            return AistackError(ErrorKind.MALFORMED, f"qwen3-tts rejected the request: {message}", provider=PROVIDER, param=param)
+        return AistackError(ErrorKind.UNKNOWN, f"qwen3-tts failed ({status}): {message}", provider=PROVIDER)
+
+
+def _voice_info(name: str) -> VoiceInfo:
+    return _KNOWN_SPEAKERS.get(name.lower()) or VoiceInfo(name, name)
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip()
+    return text or type(error).__name__
+
+
+def _health_detail(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text.strip()[:MAX_MESSAGE_CHARS]
+    if isinstance(payload, dict) and isinstance(payload.get("reason"), str):
+        return payload["reason"]
+    return upstream_message(response.content, response.status_code)[0] if response.content else ""
+
+
+def upstream_message(body: bytes, status: int) -> tuple[str, str | None]:
+    """The upstream's own words from an error body, and the field it blames (if it names one).
+
+    Knows vLLM's `{"error": {"message", "type", "param", "code"}}`, older vLLM's flat
+    `{"object": "error", "message", ...}`, `{"error": "..."}` (its API-key check) and FastAPI's
+    `{"detail": ...}`; anything else is quoted as text.
+    """
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        payload = json.loads(text) if text else None
+    except ValueError:
+        payload = None
+    message: Any = None
+    param: Any = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            message, param = error.get("message"), error.get("param")
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(payload.get("message"), str):
+            message, param = payload["message"], payload.get("param")
+        elif "detail" in payload:
+            detail = payload["detail"]
+            if isinstance(detail, list):
+                message = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+            else:
+                message = detail
+    if message is None:
+        message = text or f"HTTP {status} with an empty body"
+    message = str(message).strip()
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
+    return message, param if isinstance(param, str) else None
+
+
+class WavError(ValueError):
+    """The body is not audio this decoder can read."""
+
+
+# WAVE format tags.
+_PCM = 1
+_FLOAT = 3
+_EXTENSIBLE = 0xFFFE
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+class PcmStreamDecoder:
+    """Bytes of an audio body, split anywhere, in; 16-bit mono PCM chunks out.
+
+    A body that starts with `RIFF` is a WAV: its header may arrive in pieces, may carry extra
+    chunks before `data`, and a streamed one gives 0 or 0xFFFFFFFF for the unknown sizes, which
+    means "until the end". Anything else is raw 16-bit little-endian mono PCM at `raw_sample_rate`.
+    A sample split between two network reads is kept until its other half arrives.
+    """
+
+    def __init__(self, raw_sample_rate: int = NATIVE_SAMPLE_RATE) -> None:
+        self._raw_rate = raw_sample_rate
+        self._buffer = bytearray()
+        self._state = "sniff"
+        self._skip = 0
+        self._data_left: int | None = None
+        self._format: tuple[int, int, int] | None = None  # (tag, channels, bits)
+        self.sample_rate: int | None = None
+        self.samples = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.sample_rate if self.sample_rate else 0.0
+
+    def feed(self, data: bytes) -> PcmChunk | None:
+        self._buffer += data
+        pieces: list[np.ndarray] = []
+        while self._step(pieces):
+            pass
+        if not pieces:
+            return None
+        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if samples.size == 0:
+            return None
+        self.samples += int(samples.size)
+        assert self.sample_rate is not None
+        return PcmChunk(samples, self.sample_rate)
+
+    def finish(self) -> None:
+        """The body ended: complain if it ended inside the header."""
+        if self._state in ("sniff", "riff") and self._buffer:
+            if self._state == "sniff" and len(self._buffer) < 4:
+                # Fewer than four bytes of raw PCM: at most one sample, not worth a chunk.
+                return
+            raise WavError("the body ended inside the WAV header")
+        if self._state in ("chunk", "fmt") and self._format is None:
+            raise WavError("the body ended inside the WAV header")
+
+    def _step(self, out: list[np.ndarray]) -> bool:
+        """Advance one state; False when more bytes are needed."""
+        buf = self._buffer
+        state = self._state
+        if state == "sniff":
+            if len(buf) < 4:
+                return False
+            if bytes(buf[:4]) == b"RIFF":
+                self._state = "riff"
+            else:
+                self._state = "raw"
+                self._format = (_PCM, 1, 16)
+                self.sample_rate = self._raw_rate
+            return True
+        if state == "riff":
+            if len(buf) < 12:
+                return False
+            if bytes(buf[8:12]) != b"WAVE":
+                raise WavError("a RIFF body that is not WAVE")
+            del buf[:12]
+            self._state = "chunk"
+            return True
+        if state == "chunk":
+            if len(buf) < 8:
+                return False
+            chunk_id = bytes(buf[:4])
+            (size,) = struct.unpack("<I", buf[4:8])
+            del buf[:8]
+            if chunk_id == b"fmt ":
+                self._skip = size
+                self._state = "fmt"
+            elif chunk_id == b"data":
+                if self._format is None:
+                    raise WavError("WAV data before its fmt chunk")
+                self._data_left = None if size in _UNKNOWN_SIZES else size
+                self._state = "data"
+            else:
+                self._skip = size + (size & 1)
+                self._state = "skip"
+            return True
+        if state == "fmt":
+            size = self._skip
+            padded = size + (size & 1)
+            if len(buf) < padded:
+                return False
+            self._parse_fmt(bytes(buf[:size]))
+            del buf[:padded]
+            self._state = "chunk"
+            return True
+        if state == "skip":
+            if not buf:
+                return False
+            dropped = min(self._skip, len(buf))
+            del buf[:dropped]
+            self._skip -= dropped
+            if self._skip == 0:
+                self._state = "chunk"
+            return True
+        if state in ("data", "raw"):
+            return self._take_samples(out)
+        if state == "trailer":
+            buf.clear()  # chunks after the audio (LIST, ...) carry nothing we need
+            return False
+        raise AssertionError(state)
+
+    def _parse_fmt(self, fmt: bytes) -> None:
+        if len(fmt) < 16:
+            raise WavError("a WAV fmt chunk shorter than 16 bytes")
+        tag, channels, rate, _byte_rate, _align, bits = struct.unpack("<HHIIHH", fmt[:16])
+        if tag == _EXTENSIBLE and len(fmt) >= 26:
+            (tag,) = struct.unpack("<H", fmt[24:26])
+        if (tag, bits) not in ((_PCM, 16), (_PCM, 32), (_FLOAT, 32)) or channels < 1 or rate < 1:
+            raise WavError(f"unsupported WAV encoding (format {tag}, {bits} bit, {channels} channels, {rate} Hz)")
+        self._format = (tag, channels, bits)
+        self.sample_rate = rate
+
+    def _take_samples(self, out: list[np.ndarray]) -> bool:
+        assert self._format is not None
+        tag, channels, bits = self._format
+        frame = channels * bits // 8
+        available = len(self._buffer)
+        if self._data_left is not None:
+            available = min(available, self._data_left)
+        usable = available - available % frame
+        if usable == 0:
+            if self._data_left is not None and self._data_left < frame:
+                self._end_of_data()
+                return True
+            return False
+        raw = bytes(self._buffer[:usable])
+        del self._buffer[:usable]
+        if self._data_left is not None:
+            self._data_left -= usable
+        out.append(_to_mono_int16(raw, tag, channels, bits))
+        if self._data_left is not None and self._data_left < frame:
+            self._end_of_data()
+        return True
+
+    def _end_of_data(self) -> None:
+        left = self._data_left or 0
+        del self._buffer[: min(left, len(self._buffer))]
+        self._data_left = None
+        self._state = "trailer"
+
+
+def _to_mono_int16(raw: bytes, tag: int, channels: int, bits: int) -> np.ndarray:
+    if tag == _FLOAT:
+        values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        scaled = np.clip(values, -1.0, 1.0) * 32767.0
+    elif bits == 32:
+        scaled = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 65536.0
+    else:
+        samples = np.frombuffer(raw, dtype="<i2")
+        if channels == 1:
+            return samples.astype(np.int16, copy=True)
+        scaled = samples.astype(np.float32)
+    if channels > 1:
+        scaled = scaled.reshape(-1, channels).mean(axis=1)
+    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)

