@@ -252,6 +252,18 @@ def wait_until(condition, timeout: float = 15.0) -> bool:
     return False
 
 
+def assert_envelope(response, status: int, kind: str, param: str | None, *needles: str, provider: str = "aistack") -> dict:
+    """The one error envelope (DESIGN §2), with the kind, the blamed field and words of the message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"kind", "provider", "message", "type", "code", "param"}
+    assert error["kind"] == kind and error["code"] == kind and error["provider"] == provider
+    assert error["param"] == param
+    for needle in needles:
+        assert needle in error["message"], error["message"]
+    return error
+
+
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation, for word-for-word comparison."""
     cleaned = "".join(ch.lower() if ch.isalnum() or ch.isspace() or ch == "'" else " " for ch in text)

@@ -76,7 +76,12 @@ class ModelLifecycleSettings(BaseModel):
 
 class PiperSettings(BaseModel):
     default_voice: str = Field("en_US-joe-medium", description="Voice used when a request names an OpenAI voice.")
-    noise_scale: float | None = Field(None, ge=0, description="Piper's own default when unset.")
+    noise_scale: float | None = Field(None, ge=0, description="Piper's own default when unset; 0 makes speech repeatable.")
+    native_speed: bool = Field(
+        False,
+        description="Apply `speed` through Piper's length_scale (livelier, but the duration is not exactly "
+        "1/speed: pauses do not scale) instead of a pitch-preserving time-stretch of the audio.",
+    )
 
 
 class Qwen3TtsSettings(BaseModel):

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import Gateway, start_gateway, stop_gateway
+from conftest import Gateway, assert_envelope, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -37,17 +37,6 @@ def video_without_audio() -> bytes:
         for packet in stream.encode():
             container.mux(packet)
     return buffer.getvalue()
-
-
-def assert_envelope(response, status: int, kind: str, param: str | None, *needles: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"kind", "provider", "message", "type", "code", "param"}
-    assert error["kind"] == kind and error["code"] == kind and error["provider"] == "aistack"
-    assert error["param"] == param
-    for needle in needles:
-        assert needle in error["message"], error["message"]
-    return error
 
 
 def transcribe(gateway: Gateway, content: bytes | None, **fields):

@@ -36,10 +36,9 @@ def voice_language(voice_id: str) -> tuple[str, ...]:
 
 
 class PiperSynthesizer:
-    native_speed = True
-
     def __init__(self, card: ModelCard, voice_files: dict[str, Path], settings: PiperSettings) -> None:
         self.card = card
+        self.native_speed = settings.native_speed
         self._files = voice_files
         self._settings = settings
         self._voices: dict[str, Any] = {}
@@ -77,11 +76,12 @@ class PiperSynthesizer:
 class PiperBackend:
     provider = PROVIDER
     capability = "tts"
-    native_speed = True  # length_scale
 
     def __init__(self, settings: PiperSettings, resolver: WeightResolver) -> None:
         self._settings = settings
         self._resolver = resolver
+        # Piper's length_scale keeps fixed pauses, so by default the gateway stretches the audio instead.
+        self.native_speed = settings.native_speed
 
     def library_missing(self) -> Unavailable | None:
         if importlib.util.find_spec("piper") is None:
