@@ -15,6 +15,7 @@ from .api.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     RequestCleanupMiddleware,
+    UnexpectedErrorMiddleware,
 )
 from .runtime import Runtime, build_runtime
 from .settings import Settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app.include_router(router)
     # Added last runs first: the access log sees every request, including refused ones, and
     # request clean-up runs inside it, once the response is over.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestCleanupMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

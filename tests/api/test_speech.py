@@ -177,6 +177,7 @@ def test_audio_stream_is_chunked_and_is_the_same_speech(tts_gateway: Gateway) ->
     [
         ({"input": ""}, 400, "malformed", "input", ("empty",)),
         ({"input": "   \n"}, 400, "malformed", "input", ("empty",)),
+        ({"input": "..."}, 400, "malformed", "input", ("nothing to say",)),
         ({"input": "x" * 4097}, 413, "overflow", "input", ("4097", "4096", "AISTACK_TTS__MAX_INPUT_CHARS")),
         ({"input": "Hello", "voice": "nobody"}, 400, "malformed", "voice", ("nobody", "en_US-joe-medium", "alloy")),
         ({"input": "Hello", "response_format": "ogg"}, 400, "malformed", "response_format", ("mp3", "pcm")),
@@ -186,7 +187,7 @@ def test_audio_stream_is_chunked_and_is_the_same_speech(tts_gateway: Gateway) ->
         ({"input": "Hello", "model": "whisper-tiny.en"}, 400, "malformed", "model", ("piper",)),
         ({"voice": "alloy"}, 400, "malformed", "input", ()),
     ],
-    ids=["empty", "blank", "too-long", "unknown-voice", "unknown-format", "too-slow", "too-fast", "unknown-model",
+    ids=["empty", "blank", "punctuation-only", "too-long", "unknown-voice", "unknown-format", "too-slow", "too-fast", "unknown-model",
          "asr-model", "no-input"],
 )
 def test_bad_input_gets_the_envelope(tts_gateway: Gateway, fields: dict, status: int, kind: str, param: str, needles: tuple) -> None:

@@ -38,6 +38,11 @@ class PayloadTooLarge(StarletteHTTPException):
         super().__init__(413, too_large_message(limit_bytes))
 
 
+def unexpected_error_response(error: BaseException) -> JSONResponse:
+    return envelope_response(500, ErrorKind.UNKNOWN,
+                             f"aistack hit an internal error ({type(error).__name__}); the server log has the details")
+
+
 def envelope_response(status: int, kind: ErrorKind, message: str, *, param: str | None = None,
                       provider: str = "aistack", headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_envelope(kind, message, provider=provider, param=param), status_code=status, headers=headers)
@@ -83,8 +88,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def client_gone(request: Request, error: ClientGone) -> JSONResponse:
         return envelope_response(499, ErrorKind.CANCELLED, "the client went away; the work was stopped")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope_response(500, ErrorKind.UNKNOWN,
-                                 f"aistack hit an internal error ({type(error).__name__}); the server log has the details")

@@ -1,5 +1,5 @@
-"""Cross-cutting ASGI middleware: request ids and the access log, body limits, API keys, and
-request-scoped clean-up that runs however the request ends."""
+"""Cross-cutting ASGI middleware: request ids and the access log, body limits, API keys,
+request-scoped clean-up that runs however the request ends, and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ErrorKind
-from .errors import PayloadTooLarge, envelope_response, too_large_message
+from .errors import PayloadTooLarge, envelope_response, too_large_message, unexpected_error_response
 
 access_log = logging.getLogger("aistack.access")
+error_log = logging.getLogger("aistack.errors")
 
 MODEL_HEADER = "x-aistack-model"
 SLOT_WAIT_HEADER = "x-aistack-slot-wait-ms"
@@ -52,6 +53,37 @@ class RequestCleanupMiddleware:
                     callback()
                 except Exception:
                     access_log.exception("a request clean-up step failed")
+
+
+class UnexpectedErrorMiddleware:
+    """An exception no handler knows becomes the 500 envelope on a connection that stays usable.
+
+    Starlette's own last-resort handler answers and then re-raises to the server, which drops the
+    connection; here the error ends with the response. Once a streamed body has started, the
+    exception still goes to the server: closing the connection is the only way left to say so.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as error:
+            if started:
+                raise
+            error_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await unexpected_error_response(error)(scope, receive, send)
 
 
 class AccessLogMiddleware:

@@ -120,15 +120,23 @@ class SpeechService:
         return SpeechPlan(card, SpeechOptions(options.voice, 1.0, instructions, dict(extra)), stretch=speed)
 
     async def start(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncIterator[PcmChunk]:
-        """The synthesis, already past its first chunk; close it (aclose) to stop the engine."""
+        """The synthesis, already past its first sound; close it (aclose) to stop the engine.
+
+        Input that makes no sound at all is a 400: no format can carry "no audio" in a file players open.
+        """
         if plan.card.provider in self._upstreams:
             chunks = self._relay(plan, text)
         else:
             chunks = await self._run_in_process(plan, text, on_lease)
         try:
             first = await anext(chunks)
+            while not first.samples.size:  # sentences that made no sound (punctuation only)
+                first = await anext(chunks)
         except StopAsyncIteration:
-            first = None
+            raise malformed(
+                f"{plan.card.id} found nothing to say in the input (no words, only symbols or punctuation); send text to speak",
+                param="input",
+            ) from None
         except BaseException:
             await chunks.aclose()
             raise
@@ -192,10 +200,8 @@ def _tts_cards(snapshot: Snapshot) -> list[ModelCard]:
     return [c for c in snapshot.cards if "tts" in c.capabilities]
 
 
-async def _prepend(first: PcmChunk | None, rest: AsyncIterator[PcmChunk]) -> AsyncIterator[PcmChunk]:
+async def _prepend(first: PcmChunk, rest: AsyncIterator[PcmChunk]) -> AsyncIterator[PcmChunk]:
     async with aclosing(rest) as chunks:  # type: ignore[type-var]
-        if first is None:
-            return
         yield first
         async for chunk in chunks:
             yield chunk
