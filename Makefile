@@ -29,6 +29,7 @@ test: install system-deps
 bench: install system-deps
 	$(BIN)/python benchmarks/asr.py
 	$(BIN)/python benchmarks/scheduler.py
+	$(BIN)/python benchmarks/tts.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

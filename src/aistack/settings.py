@@ -76,7 +76,9 @@ class ModelLifecycleSettings(BaseModel):
 
 class PiperSettings(BaseModel):
     default_voice: str = Field("en_US-joe-medium", description="Voice used when a request names an OpenAI voice.")
-    noise_scale: float | None = Field(None, ge=0, description="Piper's own default when unset; 0 makes speech repeatable.")
+    noise_scale: float | None = Field(None, ge=0, description="Voice variation; the voice's own default when unset.")
+    noise_w_scale: float | None = Field(None, ge=0, description="Timing variation; the voice's own default when unset. "
+                                        "Both at 0 make the same text give the same samples.")
     native_speed: bool = Field(
         False,
         description="Apply `speed` through Piper's length_scale (livelier, but the duration is not exactly "

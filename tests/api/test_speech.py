@@ -1,6 +1,6 @@
 """POST /v1/audio/speech on the embedded Piper voice, end to end through a real gateway.
 
-Piper runs without its noise here (`AISTACK_TTS__PIPER__NOISE_SCALE=0`), so the same text gives the
+Piper runs without its noise here (`AISTACK_TTS__PIPER__NOISE_SCALE=0`, `..._NOISE_W_SCALE=0`), so the same text gives the
 same samples every time and durations can be compared with the engine called directly.
 """
 
@@ -32,7 +32,7 @@ MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "fl
 
 @pytest.fixture(scope="module")
 def tts_gateway(models_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = start_gateway(models_cache, tmp_path_factory.mktemp("tts"), {"AISTACK_TTS__PIPER__NOISE_SCALE": "0"})
+    running = start_gateway(models_cache, tmp_path_factory.mktemp("tts"), {"AISTACK_TTS__PIPER__NOISE_SCALE": "0", "AISTACK_TTS__PIPER__NOISE_W_SCALE": "0"})
     try:
         yield running
     finally:

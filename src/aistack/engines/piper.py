@@ -63,7 +63,7 @@ class PiperSynthesizer:
         config = SynthesisConfig(
             length_scale=1.0 / options.speed,
             noise_scale=self._settings.noise_scale,
-            noise_w_scale=self._settings.noise_scale,
+            noise_w_scale=self._settings.noise_w_scale,
         )
         for chunk in voice.synthesize(text, syn_config=config):
             yield PcmChunk(chunk.audio_int16_array.reshape(-1), chunk.sample_rate)
