@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__
-from .api import admin, audio, health, models, speech
+from .api import admin, audio, health, llm, models, speech
 from .api.errors import install_error_handlers
 from .api.middleware import (
     AccessLogMiddleware,
@@ -40,7 +40,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = held
     install_error_handlers(app)
-    for router in (health.router, models.router, audio.router, speech.router, admin.router):
+    for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router):
         app.include_router(router)
     # Added last runs first: the access log sees every request, including refused ones, and
     # request clean-up runs inside it, once the response is over.

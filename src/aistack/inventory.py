@@ -12,7 +12,8 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 from .engines.base import Backend, BackendStatus, ModelCard, Unavailable
 from .errors import AistackError, network, not_found
@@ -27,12 +28,27 @@ class Snapshot:
     statuses: tuple[BackendStatus, ...]
     taken_at: float
 
-    @property
+    @cached_property
     def cards(self) -> tuple[ModelCard, ...]:
-        return tuple(card for status in self.statuses for card in status.cards)
+        """Every visible model once. An id that a later provider offers too is listed for it as
+        `provider/id` (backends come in priority order, so the plain id goes to the preferred one)."""
+        seen: set[str] = set()
+        cards: list[ModelCard] = []
+        for status in self.statuses:
+            for card in status.cards:
+                if card.id in seen:
+                    card = replace(card, id=f"{card.provider}/{card.id}", upstream_id=card.id)
+                seen.add(card.id)
+                cards.append(card)
+        return tuple(cards)
 
     def card(self, model_id: str) -> ModelCard | None:
-        return next((c for c in self.cards if c.id == model_id), None)
+        """The model with this id; `provider/id` names one provider's model explicitly."""
+        found = next((c for c in self.cards if c.id == model_id), None)
+        if found is None and "/" in model_id:
+            provider, _, inner = model_id.partition("/")
+            found = next((c for c in self.cards if c.provider == provider and c.provider_model_id == inner), None)
+        return found
 
     def asr_cards(self) -> list[ModelCard]:
         return [c for c in self.cards if "asr" in c.capabilities]

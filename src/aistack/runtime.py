@@ -7,7 +7,9 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from .engines.base import Backend, SpeechUpstream
+from .engines.base import Backend, ChatUpstream, SpeechUpstream
+from .engines.ollama import OllamaBackend
+from .engines.openai_compatible import OpenAICompatibleBackend
 from .engines.piper import PiperBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
 from .engines.whisper import WhisperBackend
@@ -16,6 +18,7 @@ from .lifecycle import ModelLifecycle
 from .observability.events import EngineEvents
 from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
+from .services.llm import LlmProxy
 from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
 from .settings import Settings
@@ -38,6 +41,7 @@ class Runtime:
     events: EngineEvents
     transcription: TranscriptionService
     speech: SpeechService
+    llm: LlmProxy
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def prepare_weights(self) -> list[str]:
@@ -80,6 +84,7 @@ class Runtime:
         self._background.clear()
         await self.lifecycle.close()
         await self.speech.aclose()
+        await self.llm.aclose()
         self.scheduler.shutdown()
 
 
@@ -92,7 +97,8 @@ def build_runtime(settings: Settings) -> Runtime:
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
     by_provider = {b.provider: b for b in backends}
-    inventory = Inventory((*backends, *upstreams.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
+    chat = chat_upstreams(settings)
+    inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
     events = EngineEvents()
@@ -105,4 +111,20 @@ def build_runtime(settings: Settings) -> Runtime:
         default_whisper_id=whisper_id_for_size(settings.whisper.default_size),
     )
     speech = SpeechService(settings.tts, inventory, by_provider, upstreams, scheduler, lifecycle, gate, events)
-    return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription, speech)
+    llm = LlmProxy(settings.llm, inventory, chat, gate)
+    return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
+                   speech, llm)
+
+
+def chat_upstreams(settings: Settings) -> dict[str, ChatUpstream]:
+    """The LLM servers by provider name, most preferred first (`llm.priority`, then Ollama, the
+    configured upstreams, the embedded server): the inventory gives a shared id to the first."""
+    found: dict[str, ChatUpstream] = {"ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s)}
+    for upstream in settings.llm.upstreams:
+        if upstream.name in found:
+            raise ValueError(f"two LLM upstreams are named '{upstream.name}'; give each its own name")
+        found[upstream.name] = OpenAICompatibleBackend.fixed(
+            upstream.name, upstream.base_url, upstream.api_key, settings.probe_timeout_s
+        )
+    preferred = [name for name in settings.llm.priority if name in found]
+    return {name: found[name] for name in [*preferred, *(n for n in found if n not in preferred)]}

@@ -108,6 +108,42 @@ class TtsSettings(BaseModel):
     qwen3: Qwen3TtsSettings = Field(default_factory=Qwen3TtsSettings)
 
 
+class OllamaSettings(BaseModel):
+    enabled: bool = True
+    base_url: str = Field("http://127.0.0.1:11434", description="Ollama's root URL (its native API and /v1 live under it).")
+    api_key: str | None = Field(None, description="Sent as a bearer token, for an Ollama behind an authenticating proxy.")
+
+
+class OpenAIUpstreamSettings(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Names the provider; `NAME/model-id` picks it explicitly.")
+    base_url: str = Field(description="The OpenAI-compatible root, ending in /v1 (e.g. http://127.0.0.1:8080/v1).")
+    api_key: str | None = None
+
+
+class EmbeddedLlmSettings(BaseModel):
+    gguf: Path | None = Field(None, description="When set, aistack runs llama.cpp's server on this GGUF file and supervises it.")
+    model_alias: str | None = Field(None, description="The model id it is served as; the file's stem when unset.")
+    n_ctx: int = Field(2048, ge=128)
+    extra_args: list[str] = Field(default_factory=list, description="More `python -m llama_cpp.server` arguments.")
+    start_timeout_s: float = Field(120.0, gt=0, description="How long a start may take before it counts as failed.")
+    max_restart_delay_s: float = Field(30.0, gt=0, description="Restarts back off from 1 s up to this.")
+
+
+class LlmSettings(BaseModel):
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    upstreams: list[OpenAIUpstreamSettings] = Field(
+        default_factory=list, description="OpenAI-compatible servers (llama.cpp server, vLLM, LM Studio)."
+    )
+    embedded: EmbeddedLlmSettings = Field(default_factory=EmbeddedLlmSettings)
+    priority: list[str] = Field(
+        default_factory=list,
+        description="Provider names, most preferred first, for a model id offered by several; unnamed ones follow "
+        "in the order ollama, the upstreams as listed, the embedded server.",
+    )
+    connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(600.0, gt=0, description="Longest wait for the next bytes of a generation.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -131,6 +167,7 @@ class Settings(BaseSettings):
 
     whisper: WhisperSettings = Field(default_factory=WhisperSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
 

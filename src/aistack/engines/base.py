@@ -15,7 +15,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-Capability = Literal["asr", "tts", "llm"]
+# "embeddings" is additive: a model that only embeds (Ollama's embedding models) is not "llm".
+Capability = Literal["asr", "tts", "llm", "embeddings"]
 Task = Literal["transcribe", "translate"]
 
 
@@ -33,6 +34,13 @@ class ModelCard:
     # Higher is better within a family; picks the fallback when the default is not visible.
     rank: int = 0
     created: int = 0
+    # The id the provider itself knows the model by, where the listing had to qualify it
+    # (`provider/id`, when two upstreams offer the same id).
+    upstream_id: str | None = None
+
+    @property
+    def provider_model_id(self) -> str:
+        return self.upstream_id or self.id
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,31 @@ class SpeechUpstream(Protocol):
 
     async def aclose(self) -> None:
         """Close pooled connections."""
+        ...
+
+
+class ChatUpstream(Protocol):
+    """An OpenAI-compatible LLM server (Ollama's /v1, llama.cpp, vLLM, LM Studio) that the gateway relays to."""
+
+    provider: str
+    capability: Capability
+
+    def probe(self) -> BackendStatus:
+        """Blocking, within the probe timeout: the models it serves now, or why it cannot be reached."""
+        ...
+
+    def root_url(self) -> str | None:
+        """The OpenAI-compatible root (`.../v1`), None while it is not running."""
+        ...
+
+    def auth_headers(self) -> dict[str, str]: ...
+
+    def unreachable(self, detail: str) -> Unavailable:
+        """Why it cannot be reached and how to start it (the 503 network message)."""
+        ...
+
+    def missing_model_fix(self, model_id: str) -> str | None:
+        """The command that makes `model_id` available here (`ollama pull NAME`), if there is one."""
         ...
 
 

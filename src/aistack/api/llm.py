@@ -1,0 +1,47 @@
+"""POST /v1/chat/completions, /v1/completions and /v1/embeddings, relayed to the model's upstream (DESIGN §5)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..services.llm import UpstreamAnswer
+from .deps import RuntimeDep, cancellable_body, until_disconnected
+from .middleware import MODEL_HEADER, at_request_end
+
+router = APIRouter(tags=["llm"])
+
+
+async def _relay(endpoint: str, request: Request, runtime: RuntimeDep) -> StreamingResponse:
+    body = await request.body()
+    answer = await until_disconnected(request, runtime.llm.relay(endpoint, body))
+    at_request_end(request.scope, lambda: _close_soon(answer))
+    headers = {**answer.headers, MODEL_HEADER: answer.card.id}
+    if answer.is_event_stream:
+        headers.setdefault("cache-control", "no-cache")
+        headers["x-accel-buffering"] = "no"
+    media_type = headers.pop("content-type", None)
+    return StreamingResponse(cancellable_body(request, answer.body), status_code=answer.status_code,
+                             headers=headers, media_type=media_type)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, runtime: RuntimeDep) -> StreamingResponse:
+    return await _relay("chat/completions", request, runtime)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, runtime: RuntimeDep) -> StreamingResponse:
+    return await _relay("completions", request, runtime)
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, runtime: RuntimeDep) -> StreamingResponse:
+    return await _relay("embeddings", request, runtime)
+
+
+def _close_soon(answer: UpstreamAnswer) -> None:
+    """Let go of the upstream connection however the request ended (a body never read included)."""
+    asyncio.ensure_future(answer.aclose())

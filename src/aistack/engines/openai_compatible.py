@@ -1,0 +1,101 @@
+"""Any OpenAI-compatible LLM server (llama.cpp server, vLLM, LM Studio), reached over HTTP.
+
+Visible while its `GET /v1/models` answers within the probe timeout; every model it lists is a
+chat/completions model. The embedded llama.cpp server is one of these whose address is known only
+while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import httpx
+
+from .base import BackendStatus, ModelCard, Unavailable
+
+log = logging.getLogger("aistack.engines.openai_compatible")
+
+
+class OpenAICompatibleBackend:
+    capability = "llm"
+
+    def __init__(
+        self,
+        provider: str,
+        root_url: Callable[[], str | None],
+        api_key: str | None,
+        probe_timeout_s: float,
+        start_fix: str,
+        not_running: Callable[[], str] | None = None,
+    ) -> None:
+        self.provider = provider
+        self._root_url = root_url
+        self._api_key = api_key
+        self._probe_timeout_s = probe_timeout_s
+        self._start_fix = start_fix
+        self._not_running = not_running
+        self._client: httpx.Client | None = None
+
+    @classmethod
+    def fixed(cls, provider: str, base_url: str, api_key: str | None, probe_timeout_s: float) -> OpenAICompatibleBackend:
+        root = base_url.rstrip("/")
+        return cls(provider, lambda: root, api_key, probe_timeout_s, f"start the OpenAI-compatible server at {root}")
+
+    def root_url(self) -> str | None:
+        return self._root_url()
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def unreachable(self, detail: str) -> Unavailable:
+        return Unavailable(self.provider, f"{self.provider} is not reachable ({detail})", self._start_fix)
+
+    def missing_model_fix(self, model_id: str) -> str | None:
+        return None
+
+    def probe(self) -> BackendStatus:
+        root = self.root_url()
+        if root is None:
+            reason = self._not_running() if self._not_running else f"{self.provider} is not running"
+            return BackendStatus(self.provider, "llm", unavailable=(Unavailable(self.provider, reason, self._start_fix),))
+        try:
+            response = self._sync_client().get(f"{root}/models", headers=self.auth_headers())
+        except httpx.HTTPError as error:
+            return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(_describe(error, root)),))
+        if response.status_code != 200:
+            detail = f"{root}/models answered {response.status_code}"
+            return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(detail),))
+        try:
+            listed = response.json().get("data") or []
+        except (ValueError, AttributeError):
+            return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(f"{root}/models sent no model list"),))
+        now = int(time.time())
+        cards = tuple(
+            ModelCard(
+                id=str(item["id"]),
+                provider=self.provider,
+                capabilities=("llm",),
+                family=self.provider,
+                supports_streaming=True,
+                created=int(item.get("created") or now),
+            )
+            for item in listed
+            if isinstance(item, dict) and item.get("id")
+        )
+        return BackendStatus(self.provider, "llm", cards=cards)
+
+    def _sync_client(self) -> httpx.Client:
+        # One client for every probe: building one costs more than the probe itself.
+        if self._client is None:
+            self._client = httpx.Client(timeout=self._probe_timeout_s, trust_env=False)
+        return self._client
+
+
+def _describe(error: httpx.HTTPError, url: str) -> str:
+    if isinstance(error, httpx.ConnectError):
+        return f"nothing answers at {url}"
+    if isinstance(error, httpx.TimeoutException):
+        return f"{url} did not answer in time"
+    return f"{url}: {error or type(error).__name__}"

@@ -1,0 +1,248 @@
+"""Relaying /v1/chat/completions, /v1/completions and /v1/embeddings to the upstream that owns the model.
+
+The body is read once and parsed only for its `model` (and `stream`); it goes out as the same
+bytes unless the model had to be renamed for the upstream (`provider/id`). The upstream's answer
+comes back as it arrives: its status, its content type and its bytes, never buffered. Each
+upstream has one pooled keep-alive client with a short connect timeout and a long read timeout.
+A failure before the answer starts is the error envelope; one in the middle of a stream is one
+SSE event carrying the envelope, after which the stream ends. A client that goes away closes
+the upstream request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..engines.base import ChatUpstream, ModelCard
+from ..errors import AistackError, ErrorKind, malformed, not_found
+from ..inventory import Inventory, Snapshot
+from ..scheduler.upstreams import UpstreamGate
+from ..settings import LlmSettings
+
+log = logging.getLogger("aistack.llm")
+
+# What of the upstream's response headers a client needs; hop-by-hop and length headers are the server's.
+RELAYED_HEADERS = ("content-type", "cache-control", "x-request-id", "openai-processing-ms")
+MAX_ERROR_BODY = 64 * 1024
+ENDPOINT_CAPABILITY = {"chat/completions": "llm", "completions": "llm", "embeddings": "embeddings"}
+
+
+@dataclass
+class UpstreamAnswer:
+    """An upstream's successful answer, headers in, body still to come.
+
+    `aclose` lets go of everything it holds (the connection, a gate slot) whether or not the body
+    was read; the body closes them itself when it ends.
+    """
+
+    card: ModelCard
+    status_code: int
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    is_event_stream: bool
+    held: AsyncExitStack
+
+    async def aclose(self) -> None:
+        await self.held.aclose()
+
+
+class LlmProxy:
+    def __init__(self, settings: LlmSettings, inventory: Inventory, upstreams: Mapping[str, ChatUpstream],
+                 gate: UpstreamGate) -> None:
+        self._settings = settings
+        self._inventory = inventory
+        self._upstreams = upstreams
+        self._gate = gate
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    async def relay(self, endpoint: str, body: bytes) -> UpstreamAnswer:
+        """Send `body` to `POST /v1/{endpoint}` of the model's upstream; its answer once its headers are in."""
+        payload = _parse(body)
+        model = payload.get("model")
+        if model is None or model == "":
+            raise malformed("the field 'model' is required: name an LLM (GET /v1/models lists them)", param="model")
+        if not isinstance(model, str):
+            raise malformed("the field 'model' must be a string", param="model")
+        card = await self._resolve(model, ENDPOINT_CAPABILITY[endpoint])
+        upstream = self._upstreams[card.provider]
+        if card.provider_model_id != model:
+            body = json.dumps({**payload, "model": card.provider_model_id}).encode()
+        return await self._send(upstream, card, endpoint, body)
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+    # -- choosing the upstream --------------------------------------------------------------------
+
+    async def _resolve(self, model: str, capability: str) -> ModelCard:
+        snapshot = await self._inventory.snapshot()
+        card = snapshot.card(model)
+        if card is None and ":" not in model.rpartition("/")[2]:
+            # Ollama's untagged names mean `:latest`, as `ollama run NAME` does.
+            card = snapshot.card(f"{model}:latest")
+        if card is not None and card.provider in self._upstreams:
+            return card
+        if card is not None:
+            raise malformed(f"model '{model}' is not an LLM ({', '.join(card.capabilities)}); pick one from GET /v1/models",
+                            param="model")
+        raise self._unknown(model, capability, snapshot)
+
+    def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
+        llm_cards = [c for c in snapshot.cards if c.provider in self._upstreams]
+        statuses = [s for s in snapshot.statuses if s.provider in self._upstreams]
+        reachable = [s.provider for s in statuses if not s.unavailable]
+        choices = ", ".join(c.id for c in llm_cards if capability in c.capabilities or capability == "embeddings") or "none"
+        if not reachable:
+            down = [missing for s in statuses for missing in s.unavailable]
+            reasons = "; ".join(f"{m.reason} ({m.fix})" for m in down) or "no LLM server is configured"
+            return AistackError(
+                ErrorKind.NETWORK,
+                f"no LLM server is running, so model '{model}' cannot be served: {reasons}",
+                provider=down[0].subject if len(down) == 1 else "aistack",
+            )
+        fixes = [fix for provider in reachable if (fix := self._upstreams[provider].missing_model_fix(model))]
+        hint = f"; to get it: {' or '.join(f'`{fix}`' for fix in fixes)}" if fixes else ""
+        return not_found(f"model '{model}' is not available here{hint}; LLMs here: {choices}", param="model")
+
+    # -- talking to it ----------------------------------------------------------------------------
+
+    async def _send(self, upstream: ChatUpstream, card: ModelCard, endpoint: str, body: bytes) -> UpstreamAnswer:
+        root = upstream.root_url()
+        if root is None:
+            missing = upstream.unreachable("it is not running")
+            raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+        client = self._client(upstream.provider)
+        headers = {"content-type": "application/json", "accept-encoding": "identity", **upstream.auth_headers()}
+        request = client.build_request("POST", f"{root}/{endpoint}", content=body, headers=headers)
+        held = AsyncExitStack()
+        await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
+        try:
+            response = await client.send(request, stream=True)
+        except BaseException as error:
+            await held.aclose()
+            if isinstance(error, httpx.HTTPError):
+                raise self._transport_error(upstream, error) from None
+            raise
+        held.push_async_callback(response.aclose)
+        try:
+            if response.status_code >= 400:
+                raise await self._upstream_error(upstream, card, response)
+        except BaseException:
+            await held.aclose()
+            raise
+        content_type = response.headers.get("content-type", "")
+        relayed = {name: response.headers[name] for name in RELAYED_HEADERS if name in response.headers}
+        is_event_stream = content_type.startswith("text/event-stream")
+        return UpstreamAnswer(card, response.status_code, relayed, self._body(upstream, response, held, is_event_stream),
+                              is_event_stream, held)
+
+    async def _body(self, upstream: ChatUpstream, response: httpx.Response, held: AsyncExitStack,
+                    is_event_stream: bool) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as error:
+            failure = self._transport_error(upstream, error, mid_stream=True)
+            log.warning("%s failed mid-answer: %s", upstream.provider, failure.message)
+            if not is_event_stream:
+                raise failure from None  # nothing else can tell a client reading a plain body
+            yield sse_error(failure)
+        finally:
+            await held.aclose()
+
+    def _client(self, provider: str) -> httpx.AsyncClient:
+        client = self._clients.get(provider)
+        if client is None or client.is_closed:
+            settings = self._settings
+            timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
+                                    write=settings.read_timeout_s, pool=settings.connect_timeout_s)
+            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=60)
+            client = self._clients[provider] = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+        return client
+
+    def _transport_error(self, upstream: ChatUpstream, error: httpx.HTTPError, mid_stream: bool = False) -> AistackError:
+        provider = upstream.provider
+        if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+            missing = upstream.unreachable(str(error) or type(error).__name__)
+            return AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=provider)
+        if isinstance(error, httpx.TimeoutException):
+            limit = self._settings.read_timeout_s
+            what = "stopped sending" if mid_stream else "did not answer"
+            return AistackError(
+                ErrorKind.TIMEOUT,
+                f"{provider} {what} for {limit:g} s; raise AISTACK_LLM__READ_TIMEOUT_S if generations need longer",
+                provider=provider,
+            )
+        where = "in the middle of its answer" if mid_stream else "before answering"
+        return AistackError(ErrorKind.UNKNOWN, f"{provider} dropped the connection {where} ({error or type(error).__name__})",
+                            provider=provider)
+
+    async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard, response: httpx.Response) -> AistackError:
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) >= MAX_ERROR_BODY:
+                    break
+        except httpx.HTTPError:
+            pass  # the status still says what happened
+        status = response.status_code
+        message = upstream_message(bytes(body), status)
+        provider = upstream.provider
+        if status == 404:
+            fix = upstream.missing_model_fix(card.provider_model_id)
+            hint = f"; to get it: `{fix}`" if fix else ""
+            return AistackError(ErrorKind.NOT_FOUND, f"{provider}: {message}{hint}", provider=provider, param="model")
+        kind = {400: ErrorKind.MALFORMED, 401: ErrorKind.UNKNOWN, 403: ErrorKind.UNKNOWN, 413: ErrorKind.OVERFLOW,
+                422: ErrorKind.MALFORMED, 429: ErrorKind.BUSY, 503: ErrorKind.NETWORK, 504: ErrorKind.TIMEOUT}.get(
+            status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
+        headers = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else None
+        if status in (401, 403):
+            message = f"{message} (the gateway's credentials for it were refused; check its api_key setting)"
+        return AistackError(kind, f"{provider} answered {status}: {message}", provider=provider, headers=headers)
+
+
+def sse_error(error: AistackError) -> bytes:
+    """One server-sent event carrying the envelope; OpenAI SDKs raise it as an APIError."""
+    return f"data: {json.dumps(error.envelope())}\n\n".encode()
+
+
+def upstream_message(body: bytes, status: int) -> str:
+    """The upstream's own words: OpenAI's `{"error": {"message"}}`, Ollama's `{"error": "..."}`, or the text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        payload: Any = json.loads(text) if text else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+        if isinstance(payload.get("message"), str):
+            return payload["message"][:500]
+        if "detail" in payload:
+            return str(payload["detail"])[:500]
+    return text[:500] or f"HTTP {status} with an empty body"
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise malformed("the request body is empty; send a JSON object with at least 'model'")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise malformed(f"the request body is not valid JSON ({error})") from None
+    if not isinstance(payload, dict):
+        raise malformed("the request body must be a JSON object")
+    return payload
