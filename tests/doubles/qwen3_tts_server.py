@@ -150,11 +150,12 @@ class _ClientWatch:
 
     @property
     def gone(self) -> bool:
-        return self._read.done()
+        # A read cancelled by close() is the watch ending, not the client leaving.
+        return self._read.done() and not self._read.cancelled()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.done()
+        return self._stop.done() and not self._stop.cancelled()
 
     async def pause(self, seconds: float) -> str | None:
         """Wait `seconds`; "gone" or "stopping" if that happened first."""
@@ -440,6 +441,9 @@ class Qwen3TtsDouble:
         if not request["input"].strip():
             raise _bad_request("Input text cannot be empty")
         language = request.get("language")
+        if isinstance(language, str):
+            # Matched case-insensitively: the server title-cases it to the config's form first.
+            language = request["language"] = language.title()
         if language is not None and language not in LANGUAGES:
             raise _bad_request(f"Invalid language '{language}'. Supported: {', '.join(sorted(LANGUAGES))}")
         if task_type == "CustomVoice":
@@ -450,6 +454,8 @@ class Qwen3TtsDouble:
                 raise _bad_request(f"Invalid voice '{voice}'. Supported: {', '.join(sorted(self.speakers))}")
         if task_type == "Base":
             ref_audio = request.get("ref_audio")
+            if ref_audio is None and voice is not None:
+                raise _bad_request(f"Base task with built-in speaker '{voice}' requires 'ref_audio' for voice cloning")
             if ref_audio is None:
                 raise _bad_request("Base task requires 'ref_audio' or 'speaker_embedding' for voice cloning")
             if not isinstance(ref_audio, str) or not ref_audio.startswith(("http://", "https://", "data:", "file://")):
@@ -460,6 +466,8 @@ class Qwen3TtsDouble:
                                    "unless 'x_vector_only_mode' is enabled")
         elif request.get("ref_text") is not None:
             raise _bad_request("'ref_text' is only valid for Base task")
+        elif request.get("x_vector_only_mode") is not None:
+            raise _bad_request("'x_vector_only_mode' is only valid for Base task")
         if task_type == "VoiceDesign" and not request.get("instructions"):
             raise _bad_request("VoiceDesign task requires 'instructions' to describe the voice")
         instructions = request.get("instructions")
@@ -494,11 +502,13 @@ class Qwen3TtsDouble:
                       writer: asyncio.StreamWriter) -> bool:
         if parse_error is not None:
             call.status, call.outcome = 400, "rejected"
+            await watch.close()  # before answering, so a keep-alive client's next request is not read here
             return await self._json(writer, 400, error_body(parse_error, HTTPStatus.BAD_REQUEST.phrase, 400))
         try:
             request = self._validate(payload)
         except _Rejection as rejection:
             call.status, call.outcome = rejection.status, "rejected"
+            await watch.close()
             return await self._json(writer, rejection.status, rejection.body)
         request_id = f"speech-{uuid.uuid4().hex}"
         if call.fault == "hang":
@@ -512,6 +522,7 @@ class Qwen3TtsDouble:
                 return self._ended_early(call, watch)
             call.status, call.outcome = 500, "failed"
             body = error_body(ENGINE_ERROR, "InternalServerError", 500, request_id=request_id, error_stage_id=0)
+            await watch.close()
             return await self._json(writer, 500, body)
         response_format = request["response_format"]
         speed = 1.0 if raw_stream or sse else float(request.get("speed") or 1.0)

@@ -41,11 +41,14 @@ START_FIX = f"{COMPOSE_COMMAND} (the first start downloads the model and warms u
 ENABLE_SETTING = "AISTACK_TTS__QWEN3__ENABLED"
 READ_TIMEOUT_SETTING = "AISTACK_TTS__QWEN3__READ_TIMEOUT_S"
 API_KEY_SETTING = "AISTACK_TTS__QWEN3__API_KEY"
+MODEL_SETTING = "AISTACK_TTS__QWEN3__MODEL"
 # Request fields this backend sets itself; an `extra` key with one of these names is ignored.
 RESERVED_FIELDS = frozenset({"input", "model", "voice", "response_format", "stream", "stream_format", "speed", "instructions"})
 # How much of an error body is read and quoted.
 MAX_ERROR_BODY = 64 * 1024
 MAX_MESSAGE_CHARS = 500
+# The share of the inventory's probe timeout this probe may spend, so its answer lands first.
+PROBE_BUDGET_SHARE = 0.8
 
 # The speakers of the CustomVoice checkpoints, with each speaker's native language (every
 # speaker can read all ten supported languages). Used until the server has listed its own.
@@ -99,10 +102,16 @@ class Qwen3TtsBackend:
             reason = "Qwen3-TTS is disabled in the settings"
             fix = f"set {ENABLE_SETTING}=true (tts.qwen3.enabled in the config file), then start it: {START_FIX}"
             return BackendStatus(PROVIDER, "tts", unavailable=(Unavailable(settings.model, reason, fix),))
-        deadline = time.monotonic() + self._probe_timeout_s
+        # The inventory gives up on a probe after probe_timeout_s and keeps only a generic reason;
+        # answering well inside that keeps this probe's own reason and fix.
+        budget = self._probe_timeout_s * PROBE_BUDGET_SHARE
+        deadline = time.monotonic() + budget
         health = f"{self._base_url}/health"
         try:
-            with httpx.Client(timeout=self._probe_timeout_s, headers=self._auth_headers(), trust_env=False) as client:
+            # httpx times each phase on its own, so the phases share the budget: connecting and
+            # reading the answer together never take longer than it.
+            phases = httpx.Timeout(budget * 0.75, connect=budget * 0.25, pool=budget * 0.25)
+            with httpx.Client(timeout=phases, headers=self._auth_headers(), trust_env=False) as client:
                 response = client.get(health)
                 if response.status_code != 200:
                     detail = _health_detail(response)
@@ -114,7 +123,7 @@ class Qwen3TtsBackend:
         except httpx.ConnectError as error:
             return self._down(f"nothing answers at {self._base_url} ({_describe(error)})")
         except httpx.TimeoutException:
-            return self._down(f"{health} did not answer within {self._probe_timeout_s:g} s (starting up, or hung)")
+            return self._down(f"{health} did not answer within {budget:.2g} s (starting up, or hung)")
         except httpx.HTTPError as error:
             return self._down(f"{health} failed: {_describe(error)}")
         if self._first_seen is None:
@@ -130,7 +139,8 @@ class Qwen3TtsBackend:
         if remaining <= 0.01:
             return
         try:
-            response = client.get(f"{self._base_url}/v1/audio/voices", timeout=remaining)
+            # Halved: a new connection may be needed, and connect and read are timed separately.
+            response = client.get(f"{self._base_url}/v1/audio/voices", timeout=remaining / 2)
         except httpx.HTTPError as error:
             log.debug("qwen3-tts voices listing failed: %s", error)
             return
@@ -277,8 +287,24 @@ class Qwen3TtsBackend:
                 f"qwen3-tts refused the gateway's credentials ({status}: {message}); set {API_KEY_SETTING} to its --api-key",
                 provider=PROVIDER,
             )
+        if status == 404 and param == "model":
+            # The server runs another checkpoint than the one configured here: not the client's doing.
+            return AistackError(
+                ErrorKind.UNKNOWN,
+                f"qwen3-tts at {self._base_url} does not serve {self._settings.model} ({message}); set "
+                f"{MODEL_SETTING} to the model it serves, or serve that model",
+                provider=PROVIDER,
+            )
         if status < 500:
             return AistackError(ErrorKind.MALFORMED, f"qwen3-tts rejected the request: {message}", provider=PROVIDER, param=param)
+        if status == 503:
+            # vLLM answers 503 while its engine loads (or after it died): not reachable yet, not a failure of this request.
+            return AistackError(
+                ErrorKind.NETWORK,
+                f"qwen3-tts at {self._base_url} cannot serve yet (503: {message}); it is still loading the model, "
+                f"retry shortly, or check it: {START_FIX}",
+                provider=PROVIDER,
+            )
         return AistackError(ErrorKind.UNKNOWN, f"qwen3-tts failed ({status}): {message}", provider=PROVIDER)
 
 
@@ -387,12 +413,11 @@ class PcmStreamDecoder:
 
     def finish(self) -> None:
         """The body ended: complain if it ended inside the header."""
-        if self._state in ("sniff", "riff") and self._buffer:
-            if self._state == "sniff" and len(self._buffer) < 4:
-                # Fewer than four bytes of raw PCM: at most one sample, not worth a chunk.
-                return
-            raise WavError("the body ended inside the WAV header")
-        if self._state in ("chunk", "fmt") and self._format is None:
+        if self._state == "sniff":
+            # Fewer than four bytes of raw PCM (or none): at most one sample, not worth a chunk.
+            return
+        if self._state in ("riff", "chunk", "fmt", "skip"):
+            # A WAV whose `data` chunk never began, whether or not its `fmt` had arrived.
             raise WavError("the body ended inside the WAV header")
 
     def _step(self, out: list[np.ndarray]) -> bool:
