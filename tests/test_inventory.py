@@ -130,6 +130,31 @@ def test_a_hung_probe_does_not_stall_the_listing():
     assert status_of(snapshot, "faster-whisper").unavailable == ()
 
 
+def test_a_probe_that_stops_answering_names_the_models_it_served_last():
+    """A request for one of them is then told why (503 network), not that the model does not exist (404)."""
+    release = threading.Event()
+    release.set()
+    backend = HungBackend("qwen3-tts", release)
+    inventory = Inventory([backend], probe_timeout_s=0.2, ttl_s=0)
+
+    async def scenario() -> Snapshot:
+        first = await inventory.snapshot()
+        assert [c.id for c in first.cards] == ["hung-model"]
+        release.clear()
+        return await inventory.snapshot()
+
+    try:
+        snapshot = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert snapshot.cards == ()
+    assert {m.subject for m in status_of(snapshot, "qwen3-tts").unavailable} == {"qwen3-tts", "hung-model"}
+    error = snapshot.unknown_model_error("hung-model", "pick another")
+    assert error.status_code == 503 and error.kind.value == "network" and error.provider == "qwen3-tts"
+    assert "did not answer within 0.2 s" in error.message
+    assert snapshot.unknown_model_error("never-seen", "pick another").status_code == 404
+
+
 async def _snapshot_then_release(inventory: Inventory, release: threading.Event, hung: HungBackend) -> Snapshot:
     snapshot = await inventory.snapshot()
     assert hung.entered.is_set() and not release.is_set()

@@ -91,6 +91,8 @@ class Inventory:
         self._snapshot: Snapshot | None = None
         self._refreshing: asyncio.Task[Snapshot] | None = None
         self._probes_in_flight: dict[str, Future[BackendStatus]] = {}
+        # Each backend's model ids as last seen, so a probe that fails names the models it hides.
+        self._last_ids: dict[str, tuple[str, ...]] = {}
 
     async def snapshot(self) -> Snapshot:
         current = self._snapshot
@@ -133,11 +135,19 @@ class Inventory:
     async def _probe(self, backend: Backend) -> BackendStatus:
         try:
             future = asyncio.wrap_future(self._probe_future(backend))
-            return await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)
+            status = await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)
         except TimeoutError:
             reason = f"its probe did not answer within {self.probe_timeout_s:g} s"
         except Exception as error:  # a broken backend must not break the listing
             log.warning("probe of %s failed: %s", backend.provider, error)
             reason = f"its probe failed: {error}"
+        else:
+            known = tuple(c.id for c in status.cards) + tuple(m.subject for m in status.unavailable)
+            if known:
+                self._last_ids[backend.provider] = known
+            return status
         fix = "run `aistack doctor` for details"
-        return BackendStatus(backend.provider, backend.capability, unavailable=(Unavailable(backend.provider, reason, fix),))
+        # Filed under the models it served last as well, so a request for one is told why (503), not 404.
+        subjects = dict.fromkeys((backend.provider, *self._last_ids.get(backend.provider, ())))
+        missing = tuple(Unavailable(subject, reason, fix) for subject in subjects)
+        return BackendStatus(backend.provider, backend.capability, unavailable=missing)

@@ -169,6 +169,13 @@ def test_audio_stream_is_chunked_and_is_the_same_speech(tts_gateway: Gateway) ->
     assert b"".join(pieces) == whole.content
 
 
+@pytest.mark.parametrize("voice", ["EN_us-Joe-Medium", "Alloy", "NOVA"])
+def test_voice_names_are_not_case_sensitive(tts_gateway: Gateway, voice: str) -> None:
+    response = speak(tts_gateway, input="Hello.", voice=voice, response_format="wav")
+    assert response.status_code == 200, response.text
+    assert seconds_of(response.content, "wav") > 0.3
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 

@@ -185,12 +185,13 @@ class SpeechService:
         known = [v.id for v in catalog.voices(card)]
         if voice is None:
             return catalog.default_voice(card)
-        if voice in known:
-            return voice
+        by_lower = {name.lower(): name for name in known}
+        if voice.lower() in by_lower:  # voice names are not case-sensitive (vLLM-Omni lowercases them too)
+            return by_lower[voice.lower()]
         alias = self._settings.voice_aliases.get(voice)
-        if alias is not None and alias in known:
-            return alias
-        if voice in OPENAI_VOICES:
+        if alias is not None and alias.lower() in by_lower:
+            return by_lower[alias.lower()]
+        if voice.lower() in OPENAI_VOICES:
             return catalog.default_voice(card)
         choices = ", ".join(known + list(OPENAI_VOICES))
         raise malformed(f"voice '{voice}' does not exist for {card.id}; pick one of: {choices}", param="voice")
