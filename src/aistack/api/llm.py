@@ -22,9 +22,8 @@ async def _relay(endpoint: str, request: Request, runtime: RuntimeDep) -> Stream
     if answer.is_event_stream:
         headers.setdefault("cache-control", "no-cache")
         headers["x-accel-buffering"] = "no"
-    media_type = headers.pop("content-type", None)
-    return StreamingResponse(cancellable_body(request, answer.body), status_code=answer.status_code,
-                             headers=headers, media_type=media_type)
+    # The upstream's content type as it sent it (a media_type here would gain a charset).
+    return StreamingResponse(cancellable_body(request, answer.body), status_code=answer.status_code, headers=headers)
 
 
 @router.post("/v1/chat/completions")

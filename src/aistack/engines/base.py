@@ -15,6 +15,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+# The share of the inventory's probe timeout an HTTP backend's probe may spend, so that a slow server
+# is reported with the backend's own reason and fix rather than as a bare timeout.
+PROBE_BUDGET_SHARE = 0.8
+
 # "embeddings" is additive: a model that only embeds (Ollama's embedding models) is not "llm".
 Capability = Literal["asr", "tts", "llm", "embeddings"]
 Task = Literal["transcribe", "translate"]

@@ -14,7 +14,7 @@ from datetime import datetime
 import httpx
 
 from ..settings import OllamaSettings
-from .base import BackendStatus, Capability, ModelCard, Unavailable
+from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Unavailable
 
 log = logging.getLogger("aistack.engines.ollama")
 
@@ -51,7 +51,7 @@ class OllamaBackend:
         if not self._settings.enabled:
             fix = f"set {ENABLE_SETTING}=true, then {START_FIX}"
             return BackendStatus(PROVIDER, "llm", unavailable=(Unavailable(PROVIDER, "Ollama is disabled in the settings", fix),))
-        deadline = time.monotonic() + self._probe_timeout_s
+        deadline = time.monotonic() + PROBE_BUDGET_SHARE * self._probe_timeout_s
         client = self._sync_client()
         try:
             version = client.get(f"{self._base_url}/api/version", headers=self.auth_headers())
@@ -110,7 +110,7 @@ class OllamaBackend:
     def _sync_client(self) -> httpx.Client:
         # One client for every probe: building one costs more than the probe itself.
         if self._client is None:
-            self._client = httpx.Client(timeout=self._probe_timeout_s, trust_env=False)
+            self._client = httpx.Client(timeout=PROBE_BUDGET_SHARE * self._probe_timeout_s, trust_env=False)
         return self._client
 
 

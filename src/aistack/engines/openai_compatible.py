@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import httpx
 
-from .base import BackendStatus, ModelCard, Unavailable
+from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, Unavailable
 
 log = logging.getLogger("aistack.engines.openai_compatible")
 
@@ -89,7 +89,7 @@ class OpenAICompatibleBackend:
     def _sync_client(self) -> httpx.Client:
         # One client for every probe: building one costs more than the probe itself.
         if self._client is None:
-            self._client = httpx.Client(timeout=self._probe_timeout_s, trust_env=False)
+            self._client = httpx.Client(timeout=PROBE_BUDGET_SHARE * self._probe_timeout_s, trust_env=False)
         return self._client
 
 

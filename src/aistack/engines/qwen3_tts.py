@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import AistackError, ErrorKind
 from ..settings import Qwen3TtsSettings
-from .base import BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
 
 log = logging.getLogger("aistack.engines.qwen3_tts")
 
@@ -47,8 +47,6 @@ RESERVED_FIELDS = frozenset({"input", "model", "voice", "response_format", "stre
 # How much of an error body is read and quoted.
 MAX_ERROR_BODY = 64 * 1024
 MAX_MESSAGE_CHARS = 500
-# The share of the inventory's probe timeout this probe may spend, so its answer lands first.
-PROBE_BUDGET_SHARE = 0.8
 
 # The speakers of the CustomVoice checkpoints, with each speaker's native language (every
 # speaker can read all ten supported languages). Used until the server has listed its own.

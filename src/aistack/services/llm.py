@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ log = logging.getLogger("aistack.llm")
 # What of the upstream's response headers a client needs; hop-by-hop and length headers are the server's.
 RELAYED_HEADERS = ("content-type", "cache-control", "x-request-id", "openai-processing-ms")
 MAX_ERROR_BODY = 64 * 1024
+# A listing younger than this is not refreshed again for a model it lacks.
+FRESH_ENOUGH_S = 0.25
 ENDPOINT_CAPABILITY = {"chat/completions": "llm", "completions": "llm", "embeddings": "embeddings"}
 
 
@@ -72,7 +75,8 @@ class LlmProxy:
             raise malformed("the field 'model' must be a string", param="model")
         card = await self._resolve(model, ENDPOINT_CAPABILITY[endpoint])
         upstream = self._upstreams[card.provider]
-        if card.provider_model_id != model:
+        if model.startswith(f"{card.provider}/") and card.provider_model_id != model:
+            # `provider/id` chose the upstream; the upstream knows the model by its own id.
             body = json.dumps({**payload, "model": card.provider_model_id}).encode()
         return await self._send(upstream, card, endpoint, body)
 
@@ -85,10 +89,13 @@ class LlmProxy:
 
     async def _resolve(self, model: str, capability: str) -> ModelCard:
         snapshot = await self._inventory.snapshot()
-        card = snapshot.card(model)
-        if card is None and ":" not in model.rpartition("/")[2]:
-            # Ollama's untagged names mean `:latest`, as `ollama run NAME` does.
-            card = snapshot.card(f"{model}:latest")
+        card = _find(snapshot, model)
+        if card is None and time.monotonic() - snapshot.taken_at > FRESH_ENOUGH_S:
+            # Not in a listing that may be a moment old: look again before saying no (a model just
+            # pulled, an upstream that just came up).
+            self._inventory.invalidate()
+            snapshot = await self._inventory.snapshot()
+            card = _find(snapshot, model)
         if card is not None and card.provider in self._upstreams:
             return card
         if card is not None:
@@ -234,6 +241,14 @@ def upstream_message(body: bytes, status: int) -> str:
         if "detail" in payload:
             return str(payload["detail"])[:500]
     return text[:500] or f"HTTP {status} with an empty body"
+
+
+def _find(snapshot: Snapshot, model: str) -> ModelCard | None:
+    card = snapshot.card(model)
+    if card is None and ":" not in model.rpartition("/")[2]:
+        # Ollama's untagged names mean `:latest`, as `ollama run NAME` does.
+        card = snapshot.card(f"{model}:latest")
+    return card
 
 
 def _parse(body: bytes) -> dict[str, Any]:
