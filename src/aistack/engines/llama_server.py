@@ -1,0 +1,523 @@
+"""An embedded llama.cpp server (from `llama-cpp-python[server]`), run and supervised as a child.
+
+For machines without Ollama: when a GGUF file is configured, the gateway runs
+`python -m llama_cpp.server --model GGUF --host 127.0.0.1 --port P ...` on a free loopback port
+and treats it as one more OpenAI-compatible upstream. Everything here runs on asyncio; the
+gateway process never imports `llama_cpp` (loading it maps llama.cpp's native library).
+
+States: "stopped" (not started, or stopped), "starting" (the first child is up but not yet
+healthy), "running" (`GET /v1/models` on the child answered 200), "restarting" (a healthy child
+died; waiting out the backoff, then starting a new one until it is healthy), "failed" (the last
+start did not become healthy: it exited, or took longer than `start_timeout_s` and was killed;
+a retry follows after the backoff, unless `retrying` is False because the library or the GGUF
+file is missing, which no retry can fix).
+
+The child's stdout and stderr go to a log file (`log_path`), not to the gateway's console; the
+tail of that file is logged when a start fails or a child dies. Restarts back off from 1 s,
+doubling up to `max_restart_delay_s`, and the delay resets once a child has been healthy for a
+minute. The child keeps its port across restarts while that port is free. On Linux the child
+gets PR_SET_PDEATHSIG(SIGTERM), so it dies with the gateway even when the gateway is killed
+hard (the signal follows the thread that started the child: start it from the event loop's
+thread, which lives as long as the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from ..settings import EmbeddedLlmSettings
+
+log = logging.getLogger("aistack.engines.llama_server")
+
+State = Literal["stopped", "starting", "running", "restarting", "failed"]
+
+PROVIDER = "llama-cpp"
+HOST = "127.0.0.1"
+INSTALL_FIX = "pip install 'llama-cpp-python[server]>=0.3'"
+GGUF_SETTING = "AISTACK_LLM__EMBEDDED__GGUF"
+# Top-level modules the server needs besides llama_cpp itself (the `[server]` extra).
+SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+FIRST_RESTART_DELAY_S = 1.0
+# A child healthy for this long resets the backoff to its first delay.
+HEALTHY_RESET_S = 60.0
+STOP_GRACE_S = 10.0
+HEALTH_POLL_S = 0.1
+HEALTH_REQUEST_TIMEOUT_S = 2.0
+LOG_TAIL_BYTES = 4096
+LOG_TAIL_LINES = 25
+
+PR_SET_PDEATHSIG = 1
+
+
+def library_missing(search_path: list[str] | None = None) -> str | None:
+    """Why `python -m llama_cpp.server` cannot run, with the fix; None when it can.
+
+    Looks the modules up without importing them: `find_spec` on a dotted name would import the
+    parent package, so the server subpackage is found by its files. `search_path` looks in those
+    folders instead of this interpreter's module path (which is the child's, as it runs sys.executable).
+    """
+
+    def find(name: str) -> importlib.machinery.ModuleSpec | None:
+        if search_path is None:
+            return importlib.util.find_spec(name)
+        return importlib.machinery.PathFinder.find_spec(name, search_path)
+
+    missing: list[str] = []
+    spec = find("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        missing.append("llama_cpp")
+    elif not any((Path(loc) / "server" / "__main__.py").is_file() for loc in spec.submodule_search_locations):
+        missing.append("llama_cpp.server")
+    missing += [name for name in SERVER_MODULES if find(name) is None]
+    if not missing:
+        return None
+    return (
+        f"the embedded LLM needs llama-cpp-python's server ({', '.join(missing)} not found for {sys.executable}): "
+        f"run `{sys.executable} -m {INSTALL_FIX}` (it compiles llama.cpp, about 6 minutes once)"
+    )
+
+
+def _set_parent_death_signal(parent_pid: int) -> Any:
+    """A preexec_fn for the child: SIGTERM when the parent dies (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would ever signal us.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server binds it (uvicorn sets SO_REUSEADDR), so a port in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def describe_exit(returncode: int | None) -> str | None:
+    if returncode is None:
+        return None
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _read_tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - LOG_TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > LOG_TAIL_BYTES and lines:
+        lines = lines[1:]  # the first line is probably cut
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+class _Child:
+    """A child process with an awaitable exit.
+
+    Started with `subprocess.Popen` (which forks and execs synchronously, as asyncio's own
+    subprocess support does) rather than `asyncio.create_subprocess_exec`: on Python 3.11 a task
+    cancelled while that call is creating the child can hang for ever, and a cancellation (a
+    shutdown) must never cost us the child's PID. The exit is seen through a pidfd on Linux, so
+    no thread waits; elsewhere one daemon thread per child waits for it.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._loop = loop
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)  # type: ignore[attr-defined]
+            loop.add_reader(self._pidfd, self._check)
+        except (AttributeError, OSError, NotImplementedError):
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            threading.Thread(target=self._wait_in_thread, name=f"llama-server-wait-{self.pid}", daemon=True).start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def _check(self) -> None:
+        if self.popen.poll() is not None:  # reaps it
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if not self.exited.done():
+            self.exited.set_result(self.popen.returncode)
+
+    def _wait_in_thread(self) -> None:
+        self.popen.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._finish)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exited)
+
+    def send_signal(self, sig: int) -> None:
+        # Popen checks that the child is not yet reaped, so a reused PID is never signalled.
+        self.popen.send_signal(sig)
+
+
+class EmbeddedLlamaServer:
+    """Runs `python -m llama_cpp.server` on one GGUF file as a supervised child process."""
+
+    provider = PROVIDER
+
+    def __init__(self, settings: EmbeddedLlmSettings, *, log_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.gguf: Path | None = Path(settings.gguf).expanduser() if settings.gguf is not None else None
+        self.model_id: str = settings.model_alias or (self.gguf.stem if self.gguf is not None else "")
+        if log_dir is None:
+            uid = os.getuid() if hasattr(os, "getuid") else 0
+            log_dir = Path(tempfile.gettempdir()) / f"aistack-{uid}"
+        safe_model = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_id or "model")
+        self.log_path: Path = log_dir / f"llama-server-{safe_model}-{os.getpid()}-{id(self):x}.log"
+        self.restarts: int = 0
+        self.last_exit: int | None = None
+        self.error: str | None = None
+        self.retrying: bool = False
+        self._state: State = "stopped"
+        self._port: int | None = None
+        self._proc: _Child | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._next_attempt_at: float | None = None  # time.monotonic()
+
+    # What the rest of the gateway reads.
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def base_url(self) -> str | None:
+        if self._state != "running" or self._port is None:
+            return None
+        return f"http://{HOST}:{self._port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return None
+        return proc.pid
+
+    def library_missing(self) -> str | None:
+        return library_missing()
+
+    def gguf_missing(self) -> str | None:
+        """Why the configured GGUF file cannot be served, with the fix; None when it is there."""
+        if self.gguf is None:
+            return f"no GGUF file is configured for the embedded LLM: set {GGUF_SETTING}=/path/to/model.gguf"
+        if not self.gguf.is_file():
+            return f"the embedded LLM's GGUF file {self.gguf} does not exist: fix {GGUF_SETTING}"
+        return None
+
+    def problem(self) -> str | None:
+        """A setup problem that no restart can fix (GGUF missing, library missing), or None."""
+        return self.gguf_missing() or self.library_missing()
+
+    def describe(self) -> dict[str, Any]:
+        retry_in = None
+        if self._next_attempt_at is not None and self._state in ("failed", "restarting"):
+            retry_in = round(max(0.0, self._next_attempt_at - time.monotonic()), 1)
+        return {
+            "provider": self.provider,
+            "state": self._state,
+            "model": self.model_id,
+            "gguf": str(self.gguf) if self.gguf is not None else None,
+            "pid": self.pid,
+            "port": self._port,
+            "base_url": self.base_url,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_exit_text": describe_exit(self.last_exit),
+            "error": self.error,
+            "retrying": self.retrying,
+            "retry_in_s": retry_in,
+            "log": str(self.log_path),
+        }
+
+    # Lifecycle.
+
+    async def start(self) -> None:
+        """Start supervising and return at once; `wait_ready` waits for the first healthy child.
+
+        A setup problem (no GGUF file, no library) leaves the state "failed" with `error` saying
+        how to fix it; it does not raise.
+        """
+        if self._task is not None and not self._task.done():
+            return
+        self._changed = asyncio.Event()
+        self.error = None
+        self.last_exit = None
+        self.restarts = 0
+        problem = await asyncio.to_thread(self.problem)
+        if problem is not None:
+            self.error = problem
+            self.retrying = False
+            log.error("embedded LLM not started: %s", problem)
+            self._set_state("failed")
+            return
+        self.retrying = True
+        self._set_state("starting")
+        self._task = asyncio.create_task(self._supervise(), name=f"llama-server-{self.model_id}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once the server is healthy; False on timeout, or when it is stopped or cannot start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._state == "running":
+                return True
+            if self._state == "stopped" or (self._state == "failed" and not self.retrying):
+                return False
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._changed is None:
+                return False
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                return self._state == "running"
+
+    async def stop(self) -> None:
+        """Stop supervising; SIGTERM the child by its own PID, SIGKILL after ~10 s; reap it."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        elif task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("embedded LLM supervisor had failed: %r", task.exception())
+        proc = self._proc
+        if proc is not None:
+            await self._terminate(proc)
+        self.retrying = False
+        self._next_attempt_at = None
+        self._set_state("stopped")
+
+    # Supervision.
+
+    def _set_state(self, state: State) -> None:
+        self._state = state
+        changed = self._changed
+        if changed is not None:
+            # Wake every waiter, then give later ones a fresh event to wait on.
+            self._changed = asyncio.Event()
+            changed.set()
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = FIRST_RESTART_DELAY_S
+        first = True
+        try:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                while True:
+                    if not first:
+                        self._next_attempt_at = time.monotonic() + delay
+                        await asyncio.sleep(delay)
+                        self._next_attempt_at = None
+                        delay = min(delay * 2, self.settings.max_restart_delay_s)
+                        self.restarts += 1
+                        problem = await asyncio.to_thread(self.problem)
+                        if problem is not None:  # the file or the library went away meanwhile
+                            self.error = problem
+                            self.retrying = False
+                            log.error("embedded LLM cannot restart: %s", problem)
+                            self._set_state("failed")
+                            return
+                        self._set_state("restarting")
+                    first = False
+                    try:
+                        proc = await self._spawn()
+                    except OSError as exc:  # no log file, no fork (out of memory or processes)
+                        self.error = f"could not start the server: {exc}"
+                        log.error("embedded LLM %s: %s (retry in %.0f s)", self.model_id, self.error, delay)
+                        self._set_state("failed")
+                        continue
+                    launched = healthy_at = loop.time()
+                    failure = await self._await_healthy(client, proc, launched + self.settings.start_timeout_s)
+                    if failure is not None:
+                        await self._terminate(proc)
+                        self.last_exit = proc.returncode
+                        self.error = f"{failure}; log: {self.log_path}"
+                        tail = await asyncio.to_thread(_read_tail, self.log_path)
+                        log.error(
+                            "embedded LLM %s did not start: %s (retry in %.0f s); log tail:\n%s",
+                            self.model_id, failure, delay, tail,
+                        )
+                        self._set_state("failed")
+                        continue
+                    healthy_at = loop.time()
+                    self.error = None
+                    self._set_state("running")
+                    log.info(
+                        "embedded LLM %s ready at %s (pid %d, %.1f s)",
+                        self.model_id, self.base_url, proc.pid, healthy_at - launched,
+                    )
+                    await proc.wait()
+                    self.last_exit = proc.returncode
+                    if loop.time() - healthy_at >= HEALTHY_RESET_S:
+                        delay = FIRST_RESTART_DELAY_S
+                    self.error = f"the server died ({describe_exit(proc.returncode)}); log: {self.log_path}"
+                    tail = await asyncio.to_thread(_read_tail, self.log_path)
+                    log.warning(
+                        "embedded LLM %s (pid %d) died: %s; restarting in %.0f s; log tail:\n%s",
+                        self.model_id, proc.pid, describe_exit(proc.returncode), delay, tail,
+                    )
+                    self._set_state("restarting")
+        except Exception as exc:  # a bug: say so where /ready shows it, rather than "starting" for ever
+            log.exception("embedded LLM supervisor failed")
+            self.error = f"the supervisor failed: {exc!r}"
+            self.retrying = False
+            self._set_state("failed")
+        finally:
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                await self._terminate(proc)
+
+    def _command(self, port: int) -> list[str]:
+        assert self.gguf is not None
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.gguf),
+            "--host", HOST,
+            "--port", str(port),
+            "--n_ctx", str(self.settings.n_ctx),
+            "--model_alias", self.model_id,
+            *self.settings.extra_args,
+        ]
+
+    async def _spawn(self) -> _Child:
+        if self._port is None or not _port_free(self._port):
+            if self._port is not None:
+                log.info("embedded LLM port %d is taken; picking another", self._port)
+            self._port = _free_port()
+        command = self._command(self._port)
+        # No await from here to `self._proc = ...`: a cancellation cannot come between the fork
+        # and our record of the PID. (Opening a local log file is as quick as the fork itself.)
+        output = self._open_log(command, append=self.restarts > 0)
+        try:
+            popen = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                close_fds=True,
+                # Its own session: a Ctrl-C on the gateway's terminal reaches the gateway, which
+                # then stops the child in order.
+                start_new_session=True,
+                preexec_fn=_set_parent_death_signal(os.getpid()),
+            )
+        finally:
+            output.close()
+        proc = self._proc = _Child(popen, asyncio.get_running_loop())
+        log.info("embedded LLM %s starting (pid %d, port %d, log %s)", self.model_id, proc.pid, self._port, self.log_path)
+        return proc
+
+    def _open_log(self, command: list[str], append: bool) -> Any:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        output = self.log_path.open("ab" if append else "wb")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        output.write(f"=== {stamp} aistack starts: {' '.join(command)}\n".encode())
+        output.flush()
+        return output
+
+    async def _await_healthy(
+        self, client: httpx.AsyncClient, proc: _Child, deadline: float
+    ) -> str | None:
+        """None once `GET /v1/models` answers 200; else why not (the child exited, or the deadline passed)."""
+        loop = asyncio.get_running_loop()
+        url = f"http://{HOST}:{self._port}/v1/models"
+        while True:
+            if proc.exited.done():
+                return f"the server exited before it was healthy ({describe_exit(proc.returncode)})"
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return f"the server was not healthy within {self.settings.start_timeout_s:g} s and was stopped"
+            try:
+                response = await client.get(url, timeout=min(HEALTH_REQUEST_TIMEOUT_S, remaining))
+                if response.status_code == 200:
+                    return None
+            except httpx.HTTPError:
+                pass
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                await asyncio.wait({proc.exited}, timeout=min(HEALTH_POLL_S, remaining))
+
+    async def _terminate(self, proc: _Child) -> None:
+        """SIGTERM to this child's own PID, SIGKILL after the grace period; always reaps it."""
+        try:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+                except asyncio.TimeoutError:
+                    log.warning("embedded LLM (pid %d) ignored SIGTERM for %.0f s; killing it", proc.pid, STOP_GRACE_S)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGKILL)
+                    await proc.wait()
+        finally:
+            if self._proc is proc and proc.returncode is not None:
+                self.last_exit = proc.returncode

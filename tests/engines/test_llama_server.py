@@ -1,0 +1,331 @@
+"""The embedded llama.cpp server: a real `python -m llama_cpp.server` on SmolLM2-135M, supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import uvloop
+from llm_fixtures import llama_server, smollm2_gguf  # noqa: F401 (llama_server is a fixture)
+
+from aistack.engines import llama_server as llama_server_module
+from aistack.engines.llama_server import EmbeddedLlamaServer
+from aistack.settings import EmbeddedLlmSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+# The gateway runs on uvloop (uvicorn picks it when installed); plain asyncio must work too.
+LOOPS = [pytest.param(asyncio.run, id="asyncio"), pytest.param(uvloop.run, id="uvloop")]
+
+
+def make(tmp_path: Path, **overrides) -> EmbeddedLlamaServer:
+    fields = {"gguf": smollm2_gguf(), "model_alias": "smollm2", "start_timeout_s": 60.0}
+    fields.update(overrides)
+    return EmbeddedLlamaServer(EmbeddedLlmSettings(**fields), log_dir=tmp_path / "logs")
+
+
+async def chat(base_url: str, model: str) -> str:
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+        response = await client.post(
+            f"{base_url}/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0},
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == model
+    return body["choices"][0]["message"]["content"]
+
+
+def llama_children(port: int | None = None) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:
+            continue
+        if "llama_cpp.server" in cmdline and (port is None or str(port) in cmdline):
+            found.append(child)
+    return found
+
+
+async def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return predicate()
+
+
+@pytest.mark.slow
+def test_start_is_health_gated_answers_and_stop_reaps_the_child(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = make(tmp_path)
+        assert server.state == "stopped" and server.base_url is None and server.pid is None
+        assert server.model_id == "smollm2" and server.provider == "llama-cpp"
+        t0 = time.monotonic()
+        await server.start()
+        # start() returns at once; not "running" until /v1/models has answered 200.
+        assert server.state == "starting" and server.base_url is None
+        try:
+            assert await wait_for(lambda: server.pid is not None, 5)
+            pid = server.pid
+            assert psutil.Process(pid).ppid() == os.getpid()
+            assert server.state == "starting" and server.base_url is None
+            assert await server.wait_ready(60), server.describe()
+            started_s = time.monotonic() - t0
+            assert server.state == "running" and server.pid == pid
+            port = server.port
+            assert server.base_url == f"http://127.0.0.1:{port}/v1"
+            assert await chat(server.base_url, "smollm2")
+            info = server.describe()
+            assert info["state"] == "running" and info["pid"] == pid and info["port"] == port
+            assert info["model"] == "smollm2" and info["restarts"] == 0 and info["last_exit"] is None
+            assert Path(info["log"]).is_file() and Path(info["log"]).parent == tmp_path / "logs"
+            rss_mb = psutil.Process(pid).memory_info().rss / 2**20
+            print(f"\nembedded llama.cpp server healthy in {started_s:.2f} s, RSS {rss_mb:.0f} MB")
+        finally:
+            await server.stop()
+        assert server.state == "stopped" and server.pid is None and server.base_url is None
+        assert not psutil.pid_exists(pid)
+        assert llama_children(port) == []
+        assert not await server.wait_ready(0.1)
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", LOOPS)
+def test_a_killed_child_is_restarted_on_the_same_port(tmp_path: Path, run) -> None:
+    async def scenario() -> None:
+        server = make(tmp_path)
+        await server.start()
+        try:
+            assert await server.wait_ready(60), server.describe()
+            first_pid, port = server.pid, server.port
+            assert first_pid is not None
+            t0 = time.monotonic()
+            os.kill(first_pid, signal.SIGKILL)
+            assert await wait_for(lambda: server.state != "running", 5), "the supervisor did not notice the death"
+            assert server.state == "restarting" and server.base_url is None
+            assert await server.wait_ready(60), server.describe()
+            restart_s = time.monotonic() - t0
+            assert server.state == "running" and server.restarts == 1
+            assert server.pid is not None and server.pid != first_pid
+            assert server.last_exit == -signal.SIGKILL
+            assert server.describe()["last_exit_text"] == "killed by SIGKILL"
+            assert server.port == port  # the port was free again, so it was kept
+            assert not psutil.pid_exists(first_pid)  # reaped, not a zombie
+            assert await chat(server.base_url, "smollm2")
+            print(f"\nembedded llama.cpp server back {restart_s:.2f} s after SIGKILL (1 s of it backoff)")
+            second_pid = server.pid
+        finally:
+            await server.stop()
+        assert not psutil.pid_exists(second_pid)
+        assert llama_children(port) == []
+
+    run(asyncio.wait_for(scenario(), 100))
+
+
+@pytest.mark.parametrize("run", LOOPS)
+def test_stop_or_shutdown_at_any_moment_of_a_start_leaves_no_child(tmp_path: Path, run) -> None:
+    # Stopping (or a loop shutdown cancelling the supervisor) while the child is being created
+    # must neither hang nor orphan it.
+    async def scenario(delay: float, stop: bool) -> None:
+        server = make(tmp_path)
+        await server.start()
+        await asyncio.sleep(delay)
+        if stop:
+            await server.stop()
+            assert server.state == "stopped" and server.pid is None
+
+    for stop in (True, False):
+        for delay in (0, 0.0005, 0.001, 0.002, 0.005, 0.02, 0.2):
+            t0 = time.monotonic()
+            run(asyncio.wait_for(scenario(delay, stop), 15))
+            assert time.monotonic() - t0 < 12
+            assert llama_children() == [], (stop, delay)
+
+
+def test_a_missing_gguf_fails_clearly_without_a_child(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        missing = tmp_path / "nope.gguf"
+        server = make(tmp_path, gguf=missing, model_alias=None)
+        assert server.model_id == "nope"
+        await server.start()
+        assert server.state == "failed" and server.pid is None and server.base_url is None
+        assert str(missing) in server.error and "AISTACK_LLM__EMBEDDED__GGUF" in server.error
+        assert server.describe()["retrying"] is False
+        t0 = time.monotonic()
+        assert await server.wait_ready(5) is False
+        assert time.monotonic() - t0 < 0.5  # no retry can fix it, so no waiting
+        await server.stop()
+        assert server.state == "stopped"
+
+        unset = EmbeddedLlamaServer(EmbeddedLlmSettings(), log_dir=tmp_path)
+        await unset.start()
+        assert unset.state == "failed" and "AISTACK_LLM__EMBEDDED__GGUF" in unset.error
+        await unset.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert llama_children() == []
+
+
+def test_a_log_folder_that_cannot_be_made_is_a_failed_start_not_a_crash(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        server = EmbeddedLlamaServer(EmbeddedLlmSettings(gguf=smollm2_gguf()), log_dir=blocker / "logs")
+        await server.start()
+        try:
+            assert await wait_for(lambda: server.state == "failed", 5), server.describe()
+            assert "could not start the server" in server.error and server.retrying and server.pid is None
+        finally:
+            await server.stop()
+        assert server.state == "stopped"
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert llama_children() == []
+
+
+def test_a_missing_library_is_named_with_the_install_command_without_importing_it(tmp_path: Path) -> None:
+    # The gateway process never imports llama_cpp (its native library is the child's business).
+    assert "llama_cpp" not in sys.modules
+    assert llama_server_module.library_missing() is None  # installed here: `make test` installs it
+    message = llama_server_module.library_missing(search_path=[str(tmp_path)])  # a path without it
+    assert message is not None and "(llama_cpp, uvicorn" in message
+    assert "pip install 'llama-cpp-python[server]" in message
+    assert "llama_cpp" not in sys.modules
+
+
+@pytest.mark.slow
+def test_a_child_that_exits_at_once_backs_off_without_a_busy_loop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = make(tmp_path, extra_args=["--no-such-flag"], max_restart_delay_s=2.0)
+        me = psutil.Process()
+        cpu0 = sum(me.cpu_times()[:2])
+        t0 = time.monotonic()
+        await server.start()
+        try:
+            assert await wait_for(lambda: server.state == "failed", 20), server.describe()
+            first_failure_s = time.monotonic() - t0
+            assert server.last_exit == 2  # argparse refused the flag
+            assert "exited before it was healthy" in server.error and str(server.log_path) in server.error
+            assert "--no-such-flag" in server.log_path.read_text()
+            assert server.base_url is None
+            # Retries wait 1 s, then 2 s, then 2 s (the cap): a handful of starts, not a spin.
+            await asyncio.sleep(4.0)
+            elapsed = time.monotonic() - t0
+            assert server.state in ("failed", "restarting")
+            assert 1 <= server.restarts <= 3, (server.restarts, elapsed, first_failure_s)
+            assert server.describe()["retrying"] is True
+            assert not await server.wait_ready(0.2)
+        finally:
+            await server.stop()
+        cpu_s = sum(me.cpu_times()[:2]) - cpu0
+        assert cpu_s < 0.5 * elapsed, f"the supervisor used {cpu_s:.2f} s of CPU in {elapsed:.1f} s"
+        assert server.state == "stopped"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert llama_children() == []
+
+
+@pytest.mark.slow
+def test_a_start_that_is_not_healthy_in_time_is_killed_and_retried(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = make(tmp_path, start_timeout_s=0.3)
+        await server.start()
+        try:
+            assert await wait_for(lambda: server.pid is not None, 5)
+            first_pid = server.pid
+            assert await wait_for(lambda: server.state == "failed", 15), server.describe()
+            assert "not healthy within 0.3 s" in server.error
+            assert not psutil.pid_exists(first_pid)  # killed and reaped
+            assert server.pid is None and server.base_url is None
+            info = server.describe()
+            assert info["retrying"] is True and 0 < info["retry_in_s"] <= 1.0
+            # After the 1 s backoff it tries again (and fails again, with the same short timeout).
+            assert await wait_for(lambda: server.restarts == 1, 5), server.describe()
+        finally:
+            await server.stop()
+        assert llama_children() == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.slow
+def test_the_shared_fixture_serves_smollm2(llama_server) -> None:  # noqa: F811
+    assert llama_server.base_url.endswith("/v1") and llama_server.model_id == "smollm2"
+    assert psutil.Process(llama_server.pid).ppid() == os.getpid()
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        models = client.get(f"{llama_server.base_url}/models").json()
+    assert [m["id"] for m in models["data"]] == ["smollm2"]
+    assert asyncio.run(chat(llama_server.base_url, "smollm2"))
+
+
+CHILD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from aistack.engines.llama_server import EmbeddedLlamaServer
+    from aistack.settings import EmbeddedLlmSettings
+
+    async def main():
+        server = EmbeddedLlamaServer(
+            EmbeddedLlmSettings(gguf=sys.argv[1], model_alias="smollm2"), log_dir=Path(sys.argv[2])
+        )
+        await server.start()
+        ok = await server.wait_ready(60)
+        print(json.dumps({"ok": ok, "pid": server.pid}), flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_child_dies_when_the_gateway_is_killed_hard(tmp_path: Path) -> None:
+    gateway = subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, str(smollm2_gguf()), str(tmp_path / "logs")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    child: psutil.Process | None = None
+    try:
+        line = gateway.stdout.readline()
+        info = json.loads(line)
+        assert info["ok"] and info["pid"]
+        child = psutil.Process(info["pid"])
+        assert child.ppid() == gateway.pid
+        gateway.kill()  # SIGKILL: no chance to stop the child in order
+        gateway.wait(10)
+        # PR_SET_PDEATHSIG sends it SIGTERM; as an orphan it is reaped by init (or a subreaper).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and dying_or_gone(child) is False:
+            time.sleep(0.05)
+        assert dying_or_gone(child), "the llama.cpp server outlived the gateway that started it"
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
+        gateway.stdout.close()
+        if child is not None and not dying_or_gone(child):
+            child.kill()
+
+
+def dying_or_gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

