@@ -196,6 +196,25 @@ def test_results_are_cached_within_the_ttl_and_refreshed_after():
     asyncio.run(scenario())
 
 
+def test_a_request_may_take_a_stale_listing_while_it_is_refreshed():
+    backend = SlowBackend("faster-whisper", (asr("whisper-small"),), delay=0.3)
+    inventory = Inventory([backend], probe_timeout_s=2, ttl_s=0.05)
+
+    async def scenario() -> tuple[Snapshot, Snapshot, float, Snapshot]:
+        first = await inventory.snapshot()
+        await asyncio.sleep(0.1)  # past the TTL
+        started = time.monotonic()
+        stale = await inventory.snapshot(allow_stale=True)
+        waited = time.monotonic() - started
+        fresh = await inventory.snapshot()  # joins the refresh that the stale read started
+        return first, stale, waited, fresh
+
+    first, stale, waited, fresh = asyncio.run(scenario())
+    assert stale is first and waited < 0.1
+    assert fresh is not first and fresh.taken_at > first.taken_at
+    assert backend.calls == 2
+
+
 def test_a_zero_ttl_probes_every_time():
     backend = StaticBackend("faster-whisper", (asr("whisper-small"),))
     inventory = Inventory([backend], probe_timeout_s=1, ttl_s=0)

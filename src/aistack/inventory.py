@@ -94,13 +94,18 @@ class Inventory:
         # Each backend's model ids as last seen, so a probe that fails names the models it hides.
         self._last_ids: dict[str, tuple[str, ...]] = {}
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, allow_stale: bool = False) -> Snapshot:
+        """The listing, probed at most `ttl_s` ago. With `allow_stale` (a request choosing its model),
+        an older listing is returned at once while a refresh runs in the background, so no request
+        waits for the probes; callers look again (`invalidate`) when the model they need is missing."""
         current = self._snapshot
         if current is not None and time.monotonic() - current.taken_at < self.ttl_s:
             return current
         # Concurrent callers share one refresh instead of probing once each.
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self._refresh())
+        if allow_stale and current is not None:
+            return current
         return await asyncio.shield(self._refreshing)
 
     def invalidate(self) -> None:

@@ -150,6 +150,22 @@ def test_the_same_id_on_two_upstreams_goes_by_priority_and_can_be_named(make_inp
         assert answer.choices[0].message.content == "from the other one"
 
 
+def test_a_busy_openai_compatible_server_keeps_its_models_listed(make_inprocess_gateway, ollama) -> None:
+    """llama-cpp-python answers its model list only between generations; slow to list is busy, not gone."""
+    with OllamaDouble(reply="busy but here") as busy:
+        upstream = OpenAIUpstreamSettings(name="busy", base_url=busy.base_url)
+        gateway = gateway_for(make_inprocess_gateway, ollama, upstreams=[upstream])
+        with gateway.client() as client:
+            assert "busy/llama3.2:latest" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+            busy.models_delay_s = 3.0  # far past the probe timeout
+            time.sleep(0.3)  # past the listing's TTL
+            assert "busy/llama3.2:latest" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+            answer = client.post("/v1/chat/completions", json={"model": "busy/llama3.2:latest", "messages": MESSAGES})
+            assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "busy but here"
+            busy.stop()  # refused: gone at once
+            assert wait_until(lambda: "busy/llama3.2:latest" not in [m["id"] for m in client.get("/v1/models").json()["data"]], 5)
+
+
 # -- what goes wrong -----------------------------------------------------------------------------
 
 

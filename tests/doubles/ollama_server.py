@@ -27,7 +27,7 @@ stops after `drop_after_chunks` chunks and hangs), `"error_midstream"` (stream: 
 when the runner fails mid-stream: one empty chunk with `"model": ""`, then the body ends without
 `[DONE]`). Pacing: `first_chunk_delay_s`, `chunk_interval_s`, and `step=True` (each chunk after the
 first waits for `release_next_chunk()`; `chunks_sent` / `wait_for_chunks()` tell what went out).
-`version_delay_s` delays `/api/version`. `stop()` refuses connections; `start()` again rebinds the
+`version_delay_s` delays `/api/version`, `models_delay_s` `/v1/models`. `stop()` refuses connections; `start()` again rebinds the
 same port. Every request is recorded (`requests`) with its peer and how it ended.
 
     with OllamaDouble() as ollama:
@@ -675,6 +675,8 @@ class OllamaDouble:
         self.drop_after_chunks = drop_after_chunks
         self.error_message = error_message
         self.version_delay_s = version_delay_s
+        # Like llama-cpp-python, which answers its model list only between generations.
+        self.models_delay_s = 0.0
         # False: Ollama 0.12 (every handler error on /v1 has type "api_error"); True: later
         # releases, where the type follows the status (not_found_error, invalid_request_error).
         self.status_error_types = status_error_types
@@ -989,13 +991,18 @@ class OllamaDouble:
             if path == "/":
                 return await self._send(conn, rec, 200, b"Ollama is running", "text/plain; charset=utf-8")
             if path == "/api/version":
-                return await self._version(conn, rec)
+                if not await self._delay(conn, rec, self.version_delay_s):
+                    return False
+                return await self._send(conn, rec, 200, _gin_json({"version": self.version}),
+                                        "application/json; charset=utf-8")
             if path == "/api/tags":
                 return await self._send(conn, rec, 200, _gin_json(self._tags()), "application/json; charset=utf-8")
             if path == "/api/show":
                 return await self._send(conn, rec, 200, _gin_json(self._show(rec.body)),
                                         "application/json; charset=utf-8")
             if path == "/v1/models":
+                if not await self._delay(conn, rec, self.models_delay_s):
+                    return False
                 return await self._send(conn, rec, 200, _encoder_json(self._list()), "application/json")
             if path.startswith("/v1/models/"):
                 name = unquote(path[len("/v1/models/"):])  # gin matches on the decoded path
@@ -1005,18 +1012,19 @@ class OllamaDouble:
         except _Reply as reply:
             return await self._send_reply(conn, rec, reply)
 
-    async def _version(self, conn: _Conn, rec: RecordedRequest) -> bool:
-        if self.version_delay_s > 0:
-            watch = _ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
-            try:
-                ended = await watch.pause(self.version_delay_s)
-            finally:
-                await watch.close()
-            if ended:
-                rec.outcome = "client_gone" if ended == "gone" else "stopped"
-                return False
-        return await self._send(conn, rec, 200, _gin_json({"version": self.version}),
-                                "application/json; charset=utf-8")
+    async def _delay(self, conn: _Conn, rec: RecordedRequest, seconds: float) -> bool:
+        """Wait before answering (a slow or busy server); False when the client left or the server stopped."""
+        if seconds <= 0:
+            return True
+        watch = _ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
+        try:
+            ended = await watch.pause(seconds)
+        finally:
+            await watch.close()
+        if ended:
+            rec.outcome = "client_gone" if ended == "gone" else "stopped"
+            return False
+        return True
 
     def _tags(self) -> dict[str, Any]:
         ordered = sorted(self.models, key=lambda m: m.created, reverse=True)  # most recently modified first

@@ -444,6 +444,8 @@ class EmbeddedLlamaServer:
             "--port", str(port),
             "--n_ctx", str(self.settings.n_ctx),
             "--model_alias", self.model_id,
+            # Its default cuts a running stream off whenever another request arrives.
+            "--interrupt_requests", "False",
             *self.settings.extra_args,
         ]
 

@@ -17,6 +17,9 @@ from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, Unavailable
 
 log = logging.getLogger("aistack.engines.openai_compatible")
 
+# How long a server whose model list stops answering in time still counts as busy rather than down.
+BUSY_GRACE_S = 60.0
+
 
 class OpenAICompatibleBackend:
     capability = "llm"
@@ -37,6 +40,7 @@ class OpenAICompatibleBackend:
         self._start_fix = start_fix
         self._not_running = not_running
         self._client: httpx.Client | None = None
+        self._last_seen: tuple[float, BackendStatus] | None = None
 
     @classmethod
     def fixed(cls, provider: str, base_url: str, api_key: str | None, probe_timeout_s: float) -> OpenAICompatibleBackend:
@@ -62,6 +66,11 @@ class OpenAICompatibleBackend:
             return BackendStatus(self.provider, "llm", unavailable=(Unavailable(self.provider, reason, self._start_fix),))
         try:
             response = self._sync_client().get(f"{root}/models", headers=self.auth_headers())
+        except httpx.TimeoutException as error:
+            if self._last_seen is not None and time.monotonic() - self._last_seen[0] < BUSY_GRACE_S:
+                # Some servers (llama-cpp-python) answer /models only between generations: busy, not gone.
+                return self._last_seen[1]
+            return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(_describe(error, root)),))
         except httpx.HTTPError as error:
             return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(_describe(error, root)),))
         if response.status_code != 200:
@@ -84,7 +93,9 @@ class OpenAICompatibleBackend:
             for item in listed
             if isinstance(item, dict) and item.get("id")
         )
-        return BackendStatus(self.provider, "llm", cards=cards)
+        status = BackendStatus(self.provider, "llm", cards=cards)
+        self._last_seen = (time.monotonic(), status)
+        return status
 
     def _sync_client(self) -> httpx.Client:
         # One client for every probe: building one costs more than the probe itself.

@@ -79,6 +79,7 @@ class Qwen3TtsBackend:
         self._voices: tuple[VoiceInfo, ...] = CUSTOM_VOICE_SPEAKERS
         self._first_seen: int | None = None
         self._client: httpx.AsyncClient | None = None
+        self._sync_client: httpx.Client | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     # -- visibility -------------------------------------------------------------------------
@@ -108,16 +109,15 @@ class Qwen3TtsBackend:
         try:
             # httpx times each phase on its own, so the phases share the budget: connecting and
             # reading the answer together never take longer than it.
-            phases = httpx.Timeout(budget * 0.75, connect=budget * 0.25, pool=budget * 0.25)
-            with httpx.Client(timeout=phases, headers=self._auth_headers(), trust_env=False) as client:
-                response = client.get(health)
-                if response.status_code != 200:
-                    detail = _health_detail(response)
-                    return self._down(
-                        f"{health} answered {response.status_code}{': ' + detail if detail else ''} "
-                        "(still loading the model, or its engine stopped)"
-                    )
-                self._refresh_voices(client, deadline)
+            client = self._probe_client(httpx.Timeout(budget * 0.75, connect=budget * 0.25, pool=budget * 0.25))
+            response = client.get(health)
+            if response.status_code != 200:
+                detail = _health_detail(response)
+                return self._down(
+                    f"{health} answered {response.status_code}{': ' + detail if detail else ''} "
+                    "(still loading the model, or its engine stopped)"
+                )
+            self._refresh_voices(client, deadline)
         except httpx.ConnectError as error:
             return self._down(f"nothing answers at {self._base_url} ({_describe(error)})")
         except httpx.TimeoutException:
@@ -127,6 +127,12 @@ class Qwen3TtsBackend:
         if self._first_seen is None:
             self._first_seen = int(time.time())
         return BackendStatus(PROVIDER, "tts", cards=(self.card(),))
+
+    def _probe_client(self, timeout: httpx.Timeout) -> httpx.Client:
+        # One client for every probe: building one (its TLS context) costs more than the probe itself.
+        if self._sync_client is None:
+            self._sync_client = httpx.Client(timeout=timeout, headers=self._auth_headers(), trust_env=False)
+        return self._sync_client
 
     def _down(self, reason: str) -> BackendStatus:
         return BackendStatus(PROVIDER, "tts", unavailable=(Unavailable(self._settings.model, reason, START_FIX),))

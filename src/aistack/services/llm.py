@@ -88,7 +88,7 @@ class LlmProxy:
     # -- choosing the upstream --------------------------------------------------------------------
 
     async def _resolve(self, model: str, capability: str) -> ModelCard:
-        snapshot = await self._inventory.snapshot()
+        snapshot = await self._inventory.snapshot(allow_stale=True)
         card = _find(snapshot, model)
         if card is None and time.monotonic() - snapshot.taken_at > FRESH_ENOUGH_S:
             # Not in a listing that may be a moment old: look again before saying no (a model just

@@ -10,6 +10,7 @@ slot on their device; upstream servers schedule themselves unless configured to 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -83,7 +84,10 @@ class SpeechService:
         return _tts_cards(snapshot)
 
     async def select(self, model: str | None) -> ModelCard:
-        snapshot = await self._inventory.snapshot()
+        snapshot = await self._inventory.snapshot(allow_stale=True)
+        if (model is not None and model not in OPENAI_TTS_MODELS and snapshot.card(model) is None
+                and time.monotonic() - snapshot.taken_at > self._inventory.ttl_s):
+            snapshot = await self._inventory.snapshot()  # look again before saying it is not here
         tts = _tts_cards(snapshot)
         if model is None or model in OPENAI_TTS_MODELS:
             default = snapshot.card(self._settings.default_model)
