@@ -47,9 +47,22 @@ async def chat(base_url: str, model: str) -> str:
     return body["choices"][0]["message"]["content"]
 
 
+# llama.cpp servers this process ran before the test began (the session's shared `llama_server`).
+_BEFORE_THE_TEST: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _servers_started_before_the_test() -> None:
+    _BEFORE_THE_TEST.clear()
+    _BEFORE_THE_TEST.update(child.pid for child in llama_children())
+
+
 def llama_children(port: int | None = None) -> list[psutil.Process]:
+    """The llama.cpp servers this process started since the test began."""
     found = []
     for child in psutil.Process().children(recursive=True):
+        if child.pid in _BEFORE_THE_TEST:
+            continue
         try:
             cmdline = child.cmdline()
         except psutil.Error:
