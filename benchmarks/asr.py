@@ -196,6 +196,16 @@ class Gateway:
         self._log.close()
 
 
+def stop_and_report(gateway: Gateway | None) -> None:
+    """Stop a gateway that may not have started, and say how it ended."""
+    if gateway is None:
+        return
+    gateway.stop()
+    code = gateway.process.returncode
+    progress(f"gateway pid {gateway.process.pid} stopped "
+             f"({f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'})")
+
+
 def table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(

@@ -138,15 +138,6 @@ class Gateway(asr.Gateway):
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
 
-def stop(gateway: Gateway | None) -> None:
-    if gateway is None:
-        return
-    gateway.stop()
-    code = gateway.process.returncode
-    asr.progress(f"gateway pid {gateway.process.pid} stopped "
-                 f"({f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'})")
-
-
 # -- 1. throughput ---------------------------------------------------------------------------------
 
 
@@ -246,7 +237,7 @@ def memory(workdir: Path, audio: bytes, model: str, slots_env: dict[str, str]) -
         return {"idle": idle, "loaded": loaded, "unloaded": unloaded, "unloaded_after_s": unloaded_after,
                 "size_bytes": row["size_bytes"]}
     finally:
-        stop(gateway)
+        asr.stop_and_report(gateway)
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -284,12 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         asr.progress(f"warm-up: {warm_s:.2f} s")
         results = throughput(gateway, audio, args.model, args.runs)
         after = gateway.get_json("/ready")["devices"]["cpu"]
-        stop(gateway)
+        asr.stop_and_report(gateway)
         gateway = None
 
         mem = memory(workdir, audio, args.model, slots_env)
     finally:
-        stop(gateway)
+        asr.stop_and_report(gateway)
         shutil.rmtree(workdir, ignore_errors=True)
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -203,15 +203,6 @@ def audio_seconds(audio: bytes, response_format: str) -> float:
     return len(decode_audio(audio)) / 16_000
 
 
-def stop(gateway: Gateway | None) -> None:
-    if gateway is None:
-        return
-    gateway.stop()
-    code = gateway.process.returncode
-    asr.progress(f"gateway pid {gateway.process.pid} stopped "
-                 f"({f'signal {-code}' if code is not None and code < 0 else f'exit code {code}'})")
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -288,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                         asr.progress(f"{name:9s} run {run}/{args.runs}  gateway whole   "
                                      f"                total {t.total_s:6.3f} s  RTF {t.total_s / t.audio_s:.3f}")
     finally:
-        stop(gateway)
+        asr.stop_and_report(gateway)
         if direct is not None:
             direct.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -60,16 +60,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class LlamaServer:
     base_url: str  # http://127.0.0.1:PORT/v1
@@ -111,6 +101,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
         "--port", str(port),
         "--n_ctx", "2048",
         "--model_alias", SMOLLM2_ALIAS,
+        # Its default cuts a running stream off whenever another request arrives.
+        "--interrupt_requests", "False",
     ]
     with log_path.open("wb") as output:
         proc = subprocess.Popen(

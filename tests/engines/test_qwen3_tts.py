@@ -20,13 +20,12 @@ from aistack.engines.base import SpeechOptions
 from aistack.engines.qwen3_tts import (
     COMPOSE_COMMAND,
     ENABLE_SETTING,
-    MAX_MESSAGE_CHARS,
     NATIVE_SAMPLE_RATE,
     PcmStreamDecoder,
     Qwen3TtsBackend,
     WavError,
-    upstream_message,
 )
+from aistack.engines.upstream_errors import MAX_MESSAGE_CHARS, upstream_message
 from aistack.errors import AistackError, ErrorKind
 from aistack.settings import Qwen3TtsSettings
 

@@ -17,7 +17,6 @@ with `"object": "error"`; FastAPI's own: `{"detail": ...}`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import struct
 import time
@@ -30,6 +29,7 @@ import numpy as np
 from ..errors import AistackError, ErrorKind
 from ..settings import Qwen3TtsSettings
 from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+from .upstream_errors import MAX_MESSAGE_CHARS, upstream_message
 
 log = logging.getLogger("aistack.engines.qwen3_tts")
 
@@ -46,7 +46,6 @@ MODEL_SETTING = "AISTACK_TTS__QWEN3__MODEL"
 RESERVED_FIELDS = frozenset({"input", "model", "voice", "response_format", "stream", "stream_format", "speed", "instructions"})
 # How much of an error body is read and quoted.
 MAX_ERROR_BODY = 64 * 1024
-MAX_MESSAGE_CHARS = 500
 
 # The speakers of the CustomVoice checkpoints, with each speaker's native language (every
 # speaker can read all ten supported languages). Used until the server has listed its own.
@@ -329,42 +328,6 @@ def _health_detail(response: httpx.Response) -> str:
     if isinstance(payload, dict) and isinstance(payload.get("reason"), str):
         return payload["reason"]
     return upstream_message(response.content, response.status_code)[0] if response.content else ""
-
-
-def upstream_message(body: bytes, status: int) -> tuple[str, str | None]:
-    """The upstream's own words from an error body, and the field it blames (if it names one).
-
-    Knows vLLM's `{"error": {"message", "type", "param", "code"}}`, older vLLM's flat
-    `{"object": "error", "message", ...}`, `{"error": "..."}` (its API-key check) and FastAPI's
-    `{"detail": ...}`; anything else is quoted as text.
-    """
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        payload = json.loads(text) if text else None
-    except ValueError:
-        payload = None
-    message: Any = None
-    param: Any = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict):
-            message, param = error.get("message"), error.get("param")
-        elif isinstance(error, str):
-            message = error
-        elif isinstance(payload.get("message"), str):
-            message, param = payload["message"], payload.get("param")
-        elif "detail" in payload:
-            detail = payload["detail"]
-            if isinstance(detail, list):
-                message = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
-            else:
-                message = detail
-    if message is None:
-        message = text or f"HTTP {status} with an empty body"
-    message = str(message).strip()
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS] + "…"
-    return message, param if isinstance(param, str) else None
 
 
 class WavError(ValueError):

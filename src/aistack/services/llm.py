@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from ..engines.base import ChatUpstream, ModelCard
+from ..engines.upstream_errors import upstream_message
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
 from ..scheduler.upstreams import UpstreamGate
@@ -203,7 +204,7 @@ class LlmProxy:
         except httpx.HTTPError:
             pass  # the status still says what happened
         status = response.status_code
-        message = upstream_message(bytes(body), status)
+        message, _ = upstream_message(bytes(body), status)
         provider = upstream.provider
         if status == 404:
             fix = upstream.missing_model_fix(card.provider_model_id)
@@ -221,26 +222,6 @@ class LlmProxy:
 def sse_error(error: AistackError) -> bytes:
     """One server-sent event carrying the envelope; OpenAI SDKs raise it as an APIError."""
     return f"data: {json.dumps(error.envelope())}\n\n".encode()
-
-
-def upstream_message(body: bytes, status: int) -> str:
-    """The upstream's own words: OpenAI's `{"error": {"message"}}`, Ollama's `{"error": "..."}`, or the text."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        payload: Any = json.loads(text) if text else None
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:500]
-        if isinstance(error, str):
-            return error[:500]
-        if isinstance(payload.get("message"), str):
-            return payload["message"][:500]
-        if "detail" in payload:
-            return str(payload["detail"])[:500]
-    return text[:500] or f"HTTP {status} with an empty body"
 
 
 def _find(snapshot: Snapshot, model: str) -> ModelCard | None:
