@@ -161,6 +161,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="Explicit weight folders by model id; they win over every other source."
     )
 
+    hub_url: str = Field("https://huggingface.co", description="The model hub `aistack pull` fetches from (its file layout).")
+    hub_token: str | None = Field(None, description="Sent as a bearer token to the hub, for gated or private repositories.")
+
     max_upload_mb: float = Field(25.0, gt=0)
     probe_timeout_s: float = Field(0.5, gt=0)
     inventory_ttl_s: float = Field(2.0, ge=0)

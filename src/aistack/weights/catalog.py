@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..languages import WHISPER_LANGUAGES
+from ..languages import PARAKEET_LANGUAGES, SENSEVOICE_LANGUAGES, WHISPER_LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,68 @@ WHISPER_BY_ID: dict[str, WhisperModelSpec] = {spec.id: spec for spec in WHISPER_
 def whisper_id_for_size(size: str) -> str:
     """`small` and `whisper-small` both name `whisper-small`."""
     return size if size.startswith("whisper-") else f"whisper-{size}"
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Where `aistack pull` fetches a model's folder from: files of one hub repository at a revision."""
+
+    repo: str
+    files: tuple[str, ...]
+    revision: str = "main"
+    # Fetched when the repository has them (exports differ in these).
+    optional: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OnnxAsrSpec:
+    """An ASR model run on its int8 ONNX export by sherpa-onnx (DESIGN §1, ENGINES.md)."""
+
+    id: str
+    family: str  # "parakeet" | "sensevoice"
+    languages: tuple[str, ...]
+    hub: HubFiles
+    rank: int = 0
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return self.hub.files
+
+
+PARAKEET_V3 = OnnxAsrSpec(
+    id="nvidia/parakeet-tdt-0.6b-v3",
+    family="parakeet",
+    languages=PARAKEET_LANGUAGES,
+    hub=HubFiles(
+        "csukuangfj/sherpa-onnx-nemo-parakeet-tdt-0.6b-v3-int8",
+        ("encoder.int8.onnx", "decoder.int8.onnx", "joiner.int8.onnx", "tokens.txt"),
+    ),
+)
+SENSEVOICE_SMALL = OnnxAsrSpec(
+    id="iic/SenseVoiceSmall",
+    family="sensevoice",
+    languages=SENSEVOICE_LANGUAGES,
+    hub=HubFiles("csukuangfj/sherpa-onnx-sense-voice-zh-en-ja-ko-yue-2024-07-17", ("model.int8.onnx", "tokens.txt")),
+)
+ONNX_ASR_MODELS: tuple[OnnxAsrSpec, ...] = (PARAKEET_V3, SENSEVOICE_SMALL)
+
+# Silero VAD, which cuts long audio into speech segments for both ONNX engines.
+SILERO_VAD_ID = "silero-vad"
+SILERO_VAD = HubFiles("csukuangfj/vad", ("silero_vad.onnx",))
+
+
+def hub_files(model_id: str) -> HubFiles | None:
+    """What `aistack pull MODEL` fetches, for every model aistack can pull."""
+    for spec in ONNX_ASR_MODELS:
+        if spec.id == model_id:
+            return spec.hub
+    if model_id == SILERO_VAD_ID:
+        return SILERO_VAD
+    whisper = WHISPER_BY_ID.get(model_id)
+    if whisper is not None:
+        return HubFiles(whisper.hub_repo, ("model.bin", "config.json", "tokenizer.json"), optional=WHISPER_OPTIONAL_FILES)
+    return None
+
+
+# A CTranslate2 Whisper export has vocabulary.txt (older) or vocabulary.json (newer), and maybe a preprocessor config.
+WHISPER_OPTIONAL_FILES = ("vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
