@@ -12,6 +12,7 @@ from .engines.llama_server import EmbeddedLlamaServer, describe_exit
 from .engines.ollama import OllamaBackend
 from .engines.openai_compatible import OpenAICompatibleBackend
 from .engines.piper import PiperBackend
+from .engines.sherpa import SherpaBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
 from .engines.whisper import WhisperBackend
 from .inventory import Inventory
@@ -99,8 +100,10 @@ def build_runtime(settings: Settings) -> Runtime:
     resolver = WeightResolver(settings.models_cache_dir, settings.model_paths)
     scheduler = Scheduler(settings.scheduler)
     whisper = WhisperBackend(settings.whisper, resolver, scheduler.slots_on)
+    parakeet = SherpaBackend("parakeet", settings.onnx_asr, resolver)
+    sensevoice = SherpaBackend("sensevoice", settings.onnx_asr, resolver)
     piper = PiperBackend(settings.tts.piper, resolver)
-    backends: tuple[Backend, ...] = (whisper, piper)
+    backends: tuple[Backend, ...] = (whisper, parakeet, sensevoice, piper)
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
     by_provider = {b.provider: b for b in backends}

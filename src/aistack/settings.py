@@ -48,6 +48,16 @@ def _default_cpu_slots() -> int:
     return max(1, (os.cpu_count() or 1) // 4)
 
 
+class OnnxAsrSettings(BaseModel):
+    """Parakeet and SenseVoice on sherpa-onnx."""
+
+    provider: Literal["cpu", "cuda", "auto"] = Field("auto", description="auto: CUDA when the runtime has it and a GPU is present.")
+    num_threads: int = Field(0, ge=0, description="Threads per decode; 0: one per CPU core.")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero VAD's speech probability threshold.")
+    min_silence_s: float = Field(0.5, gt=0, description="Silence that ends a speech segment.")
+    max_segment_s: float = Field(20.0, gt=1, description="Longer speech is cut here (bounded memory and latency).")
+
+
 class SchedulerSettings(BaseModel):
     cpu_slots: int = Field(default_factory=_default_cpu_slots, ge=1, description="Jobs running at once on the CPU.")
     gpu_slots: int = Field(1, ge=1, description="Jobs running at once on each GPU.")
@@ -169,6 +179,7 @@ class Settings(BaseSettings):
     inventory_ttl_s: float = Field(2.0, ge=0)
 
     whisper: WhisperSettings = Field(default_factory=WhisperSettings)
+    onnx_asr: OnnxAsrSettings = Field(default_factory=OnnxAsrSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

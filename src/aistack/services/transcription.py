@@ -134,6 +134,12 @@ class TranscriptionService:
         """SSE: a delta and a segment event per decoded segment, then done; an error event if decoding fails."""
         pieces: list[str] = []
         duration = 0.0
+        card = job.transcriber.card
+        if not card.supports_streaming:
+            yield sse_event("warning", {
+                "code": "streaming_not_supported",
+                "message": f"{card.id} does not decode incrementally; its segments follow as they are ready",
+            })
         try:
             async with aclosing(self.run(job, audio, options)) as items:
                 async for item in items:
