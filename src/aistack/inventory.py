@@ -116,6 +116,19 @@ class Inventory:
         self._snapshot = Snapshot(tuple(statuses), time.monotonic())
         return self._snapshot
 
+    def _remembering(self, provider: str, status: BackendStatus) -> BackendStatus:
+        """Note which models a backend serves; when it is down, file its reason under those models
+        too, so a request for one is told why and how to fix it (503), not that it does not exist."""
+        if status.cards:
+            self._last_ids[provider] = tuple(c.id for c in status.cards)
+            return status
+        named = {m.subject for m in status.unavailable}
+        lost = [model_id for model_id in self._last_ids.get(provider, ()) if model_id not in named]
+        if not lost or not status.unavailable:
+            return status
+        why = status.unavailable[0]
+        return replace(status, unavailable=(*status.unavailable, *(Unavailable(m, why.reason, why.fix) for m in lost)))
+
     def _probe_future(self, backend: Backend) -> Future[BackendStatus]:
         """The backend's running probe, or a new one on its own daemon thread.
 
@@ -147,12 +160,7 @@ class Inventory:
             log.warning("probe of %s failed: %s", backend.provider, error)
             reason = f"its probe failed: {error}"
         else:
-            known = tuple(c.id for c in status.cards) + tuple(m.subject for m in status.unavailable)
-            if known:
-                self._last_ids[backend.provider] = known
-            return status
+            return self._remembering(backend.provider, status)
         fix = "run `aistack doctor` for details"
-        # Filed under the models it served last as well, so a request for one is told why (503), not 404.
-        subjects = dict.fromkeys((backend.provider, *self._last_ids.get(backend.provider, ())))
-        missing = tuple(Unavailable(subject, reason, fix) for subject in subjects)
-        return BackendStatus(backend.provider, backend.capability, unavailable=missing)
+        down = BackendStatus(backend.provider, backend.capability, unavailable=(Unavailable(backend.provider, reason, fix),))
+        return self._remembering(backend.provider, down)

@@ -131,9 +131,12 @@ def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> 
     """The LLM servers by provider name, most preferred first (`llm.priority`, then Ollama, the
     configured upstreams, the embedded server): the inventory gives a shared id to the first."""
     found: dict[str, ChatUpstream] = {"ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s)}
+    taken = {"ollama", "aistack", "faster-whisper", "parakeet", "sensevoice", "piper", "qwen3-tts", "llama-cpp"}
     for upstream in settings.llm.upstreams:
-        if upstream.name in found:
-            raise ValueError(f"two LLM upstreams are named '{upstream.name}'; give each its own name")
+        if upstream.name in taken:
+            raise ValueError(f"the LLM upstream name '{upstream.name}' is taken (by another upstream or an engine); "
+                             "give each upstream its own name")
+        taken.add(upstream.name)
         found[upstream.name] = OpenAICompatibleBackend.fixed(
             upstream.name, upstream.base_url, upstream.api_key, settings.probe_timeout_s
         )

@@ -271,6 +271,53 @@ def test_a_client_that_leaves_closes_the_upstream_request(make_inprocess_gateway
     assert request.outcome == "client_gone"
 
 
+def test_a_model_whose_server_is_down_is_503_even_while_another_server_is_up(make_inprocess_gateway, ollama) -> None:
+    with OllamaDouble(models=["qwen2:0.5b"]) as other:
+        upstream = OpenAIUpstreamSettings(name="other", base_url=other.base_url)
+        gateway = gateway_for(make_inprocess_gateway, ollama, upstreams=[upstream])
+        with gateway.client() as client:
+            assert "llama3.2:latest" in [m["id"] for m in client.get("/v1/models").json()["data"]]
+            ollama.stop()
+            assert wait_until(lambda: "llama3.2:latest" not in [m["id"] for m in client.get("/v1/models").json()["data"]], 5)
+            response = client.post("/v1/chat/completions", json={"model": "llama3.2", "messages": MESSAGES})
+            assert_envelope(response, 503, "network", None, "ollama serve", provider="ollama")
+            unknown = client.post("/v1/chat/completions", json={"model": "mistral", "messages": MESSAGES})
+            assert_envelope(unknown, 404, "not_found", "model", "qwen2:0.5b", "ollama not reachable now")
+
+
+def test_a_stream_ollama_ends_without_finishing_gets_one_error_event(make_inprocess_gateway, ollama) -> None:
+    gateway = gateway_for(make_inprocess_gateway, ollama)
+    ollama.drop_after_chunks = 2
+    ollama.queue_fault("error_midstream")  # what Ollama sends when its runner dies: no [DONE]
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": "llama3.2:latest", "messages": MESSAGES, "stream": True})
+        assert len(response.headers.get_list("x-request-id")) == 1  # the gateway's own
+    events = sse_data(response.content)
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])["error"]
+    assert error["kind"] == "unknown" and error["provider"] == "ollama" and "without finishing" in error["message"]
+    ollama.queue_fault("error_midstream")
+    with pytest.raises(openai.APIError, match="without finishing"):
+        list(sdk_for(gateway).chat.completions.create(model="llama3.2:latest", messages=MESSAGES, stream=True))
+
+
+def test_a_client_that_leaves_while_sending_its_request_is_a_499_not_an_error(make_inprocess_gateway, ollama, caplog) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    gateway = gateway_for(make_inprocess_gateway, ollama)
+    address = urlsplit(gateway.url)
+    caplog.set_level("INFO", logger="aistack")
+    with socket.create_connection((address.hostname, address.port)) as raw:
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"model\": \"llama3.2")
+        time.sleep(0.2)
+    assert wait_until(lambda: any("POST /v1/chat/completions 499" in r.getMessage() for r in caplog.records), 5)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    with gateway.client() as client:
+        assert client.post("/v1/chat/completions", json={"model": "llama3.2:latest", "messages": MESSAGES}).status_code == 200
+
+
 def test_no_llm_server_at_all_is_503_saying_how_to_start_one(make_inprocess_gateway, ollama) -> None:
     ollama.stop()
     gateway = gateway_for(make_inprocess_gateway, ollama)

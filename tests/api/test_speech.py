@@ -176,6 +176,17 @@ def test_voice_names_are_not_case_sensitive(tts_gateway: Gateway, voice: str) ->
     assert seconds_of(response.content, "wav") > 0.3
 
 
+def test_a_configured_voice_alias_names_an_engine_voice(make_inprocess_gateway) -> None:
+    from aistack.settings import TtsSettings
+
+    gateway = make_inprocess_gateway(tts=TtsSettings(voice_aliases={"narrator": "en_US-joe-medium"}))
+    with gateway.client() as client:
+        aliased = client.post("/v1/audio/speech", json={"input": "Hello.", "voice": "narrator", "response_format": "wav"})
+        unknown = client.post("/v1/audio/speech", json={"input": "Hello.", "voice": "storyteller"})
+    assert aliased.status_code == 200 and seconds_of(aliased.content, "wav") > 0.3
+    assert_envelope(unknown, 400, "malformed", "voice", "storyteller")
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 

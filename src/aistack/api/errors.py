@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import AistackError, ClientGone, ErrorKind, error_envelope
 
@@ -83,6 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
             status = 400
         return envelope_response(status, kind, message, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def left_while_sending(request: Request, error: ClientDisconnect) -> JSONResponse:
+        from .middleware import mark_cancelled  # (middleware builds on this module)
+
+        mark_cancelled(request.scope)  # the client left while sending its request: 499, not a failure
+        return envelope_response(499, ErrorKind.CANCELLED, "the client went away while sending the request")
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, error: ClientGone) -> JSONResponse:

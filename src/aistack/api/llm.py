@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..services.llm import UpstreamAnswer
 from .deps import RuntimeDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, at_request_end
 
@@ -17,7 +14,7 @@ router = APIRouter(tags=["llm"])
 async def _relay(endpoint: str, request: Request, runtime: RuntimeDep) -> StreamingResponse:
     body = await request.body()
     answer = await until_disconnected(request, runtime.llm.relay(endpoint, body))
-    at_request_end(request.scope, lambda: _close_soon(answer))
+    at_request_end(request.scope, answer.aclose)
     headers = {**answer.headers, MODEL_HEADER: answer.card.id}
     if answer.is_event_stream:
         headers.setdefault("cache-control", "no-cache")
@@ -39,8 +36,3 @@ async def completions(request: Request, runtime: RuntimeDep) -> StreamingRespons
 @router.post("/v1/embeddings")
 async def embeddings(request: Request, runtime: RuntimeDep) -> StreamingResponse:
     return await _relay("embeddings", request, runtime)
-
-
-def _close_soon(answer: UpstreamAnswer) -> None:
-    """Let go of the upstream connection however the request ended (a body never read included)."""
-    asyncio.ensure_future(answer.aclose())

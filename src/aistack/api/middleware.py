@@ -3,11 +3,12 @@ request-scoped clean-up that runs however the request ends, and the last-resort 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,8 +30,9 @@ def mark_cancelled(scope: Scope) -> None:
     scope.setdefault("state", {})[OUTCOME_KEY] = "cancelled"
 
 
-def at_request_end(scope: Scope, callback: Callable[[], None]) -> None:
-    """Run `callback` once the request is over, answered, failed or abandoned (see RequestCleanupMiddleware)."""
+def at_request_end(scope: Scope, callback: Callable[[], Awaitable[None] | None]) -> None:
+    """Run `callback` once the request is over, answered, failed or abandoned (see RequestCleanupMiddleware);
+    an awaitable it returns is awaited there."""
     scope.setdefault("state", {}).setdefault(CLEANUP_KEY, []).append(callback)
 
 
@@ -50,8 +52,11 @@ class RequestCleanupMiddleware:
         finally:
             for callback in reversed(scope.get("state", {}).pop(CLEANUP_KEY, [])):
                 try:
-                    callback()
-                except Exception:
+                    pending = callback()
+                    if pending is not None:
+                        # Shielded: a request cancelled by its server still finishes letting go.
+                        await asyncio.shield(asyncio.ensure_future(pending))
+                except (Exception, asyncio.CancelledError):
                     access_log.exception("a request clean-up step failed")
 
 

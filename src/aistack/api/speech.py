@@ -67,7 +67,7 @@ async def create_speech(body: SpeechRequest, request: Request, runtime: RuntimeD
         at_request_end(request.scope, lease.abandon)
 
     chunks = await until_disconnected(request, service.start(plan, body.input, on_lease=hold))
-    at_request_end(request.scope, lambda: _close_soon(chunks))
+    at_request_end(request.scope, chunks.aclose)  # type: ignore[attr-defined]
     headers = {MODEL_HEADER: card.id}
     if leases:
         headers[SLOT_WAIT_HEADER] = f"{leases[0].waited_s * 1000:.0f}"
@@ -124,8 +124,3 @@ async def _sse(chunks: AsyncIterator[PcmChunk], plan: SpeechPlan, response_forma
         return
     usage = {"input_characters": characters, "output_audio_seconds": round(encoder.output_seconds, 3)}
     yield sse_event("speech.audio.done", {"usage": usage})
-
-
-def _close_soon(chunks: AsyncIterator[PcmChunk]) -> None:
-    """Stop the synthesis if the response never finished reading it (the client left before the body)."""
-    asyncio.ensure_future(chunks.aclose())  # type: ignore[attr-defined]

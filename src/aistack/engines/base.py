@@ -142,11 +142,9 @@ class PcmChunk:
 
 @runtime_checkable
 class Synthesizer(Protocol):
-    """A loaded in-process text-to-speech model."""
+    """A loaded in-process text-to-speech model (its backend says whether it honours `speed` itself)."""
 
     card: ModelCard
-    # True when `speed` is honoured by the engine itself; otherwise the gateway time-stretches.
-    native_speed: bool
 
     def synthesize(self, text: str, options: SpeechOptions) -> Iterator[PcmChunk]:
         """Blocking and lazy: one chunk per sentence, each made when pulled, so a stop lands between sentences."""

@@ -72,6 +72,7 @@ class OpenAICompatibleBackend:
                 return self._last_seen[1]
             return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(_describe(error, root)),))
         except httpx.HTTPError as error:
+            self._last_seen = None  # refused or broken: gone, not busy
             return BackendStatus(self.provider, "llm", unavailable=(self.unreachable(_describe(error, root)),))
         if response.status_code != 200:
             detail = f"{root}/models answered {response.status_code}"

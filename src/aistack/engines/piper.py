@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,10 @@ def voice_language(voice_id: str) -> tuple[str, ...]:
 
 
 class PiperSynthesizer:
-    def __init__(self, card: ModelCard, voice_files: dict[str, Path], settings: PiperSettings) -> None:
+    def __init__(self, card: ModelCard, voice_files: Callable[[], dict[str, Path]], settings: PiperSettings) -> None:
         self.card = card
-        self.native_speed = settings.native_speed
-        self._files = voice_files
+        # Looked up when a voice is first used, so a voice added while the model is loaded works too.
+        self._voice_files = voice_files
         self._settings = settings
         self._voices: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -50,7 +50,7 @@ class PiperSynthesizer:
             if loaded is None:
                 from piper import PiperVoice
 
-                path = self._files[voice_id]
+                path = self._voice_files()[voice_id]
                 started = time.perf_counter()
                 loaded = self._voices[voice_id] = PiperVoice.load(path, config_path=_config_of(path))
                 log.info("loaded Piper voice %s from %s in %.2f s", voice_id, path, time.perf_counter() - started)
@@ -138,7 +138,7 @@ class PiperBackend:
         return path.stat().st_size if path is not None else 0
 
     def load(self, card: ModelCard) -> PiperSynthesizer:
-        synthesizer = PiperSynthesizer(card, self.voice_files(), self._settings)
+        synthesizer = PiperSynthesizer(card, self.voice_files, self._settings)
         synthesizer.voice(self.default_voice(card))  # the default voice now; others on first use
         return synthesizer
 

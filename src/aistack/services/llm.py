@@ -1,7 +1,7 @@
 """Relaying /v1/chat/completions, /v1/completions and /v1/embeddings to the upstream that owns the model.
 
-The body is read once and parsed only for its `model` (and `stream`); it goes out as the same
-bytes unless the model had to be renamed for the upstream (`provider/id`). The upstream's answer
+The body is read once (within the upload limit) and parsed only to find its `model`; it goes out
+as the same bytes unless the model had to be renamed for the upstream (`provider/id`). The upstream's answer
 comes back as it arrives: its status, its content type and its bytes, never buffered. Each
 upstream has one pooled keep-alive client with a short connect timeout and a long read timeout.
 A failure before the answer starts is the error envelope; one in the middle of a stream is one
@@ -31,8 +31,11 @@ from ..settings import LlmSettings
 log = logging.getLogger("aistack.llm")
 
 # What of the upstream's response headers a client needs; hop-by-hop and length headers are the server's.
-RELAYED_HEADERS = ("content-type", "cache-control", "x-request-id", "openai-processing-ms")
+# (The upstream's own x-request-id would clash with the gateway's; the access log has the gateway's.)
+RELAYED_HEADERS = ("content-type", "cache-control", "openai-processing-ms")
 MAX_ERROR_BODY = 64 * 1024
+# How an OpenAI-style event stream says it is complete.
+STREAM_END = b"data: [DONE]"
 # A listing younger than this is not refreshed again for a model it lacks.
 FRESH_ENOUGH_S = 0.25
 ENDPOINT_CAPABILITY = {"chat/completions": "llm", "completions": "llm", "embeddings": "embeddings"}
@@ -107,8 +110,13 @@ class LlmProxy:
     def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
         llm_cards = [c for c in snapshot.cards if c.provider in self._upstreams]
         statuses = [s for s in snapshot.statuses if s.provider in self._upstreams]
+        for status in statuses:  # a server that served this model is down now: say so, and how to start it
+            for missing in status.unavailable:
+                if missing.subject in (model, f"{model}:latest"):
+                    return AistackError(ErrorKind.NETWORK, f"model '{model}' cannot be served now: {missing.reason}; "
+                                        f"{missing.fix}", provider=status.provider)
         reachable = [s.provider for s in statuses if not s.unavailable]
-        choices = ", ".join(c.id for c in llm_cards if capability in c.capabilities or capability == "embeddings") or "none"
+        choices = ", ".join(c.id for c in llm_cards if capability in c.capabilities) or "none"
         if not reachable:
             down = [missing for s in statuses for missing in s.unavailable]
             reasons = "; ".join(f"{m.reason} ({m.fix})" for m in down) or "no LLM server is configured"
@@ -119,7 +127,9 @@ class LlmProxy:
             )
         fixes = [fix for provider in reachable if (fix := self._upstreams[provider].missing_model_fix(model))]
         hint = f"; to get it: {' or '.join(f'`{fix}`' for fix in fixes)}" if fixes else ""
-        return not_found(f"model '{model}' is not available here{hint}; LLMs here: {choices}", param="model")
+        down = [s.provider for s in statuses if s.unavailable]
+        also = f" ({', '.join(down)} not reachable now)" if down else ""
+        return not_found(f"model '{model}' is not available here{hint}; LLMs here: {choices}{also}", param="model")
 
     # -- talking to it ----------------------------------------------------------------------------
 
@@ -155,8 +165,10 @@ class LlmProxy:
 
     async def _body(self, upstream: ChatUpstream, response: httpx.Response, held: AsyncExitStack,
                     is_event_stream: bool) -> AsyncIterator[bytes]:
+        tail = b""  # the end of what was relayed, to see whether an event stream finished
         try:
             async for chunk in response.aiter_raw():
+                tail = (tail + chunk)[-64:]
                 yield chunk
         except httpx.HTTPError as error:
             failure = self._transport_error(upstream, error, mid_stream=True)
@@ -164,8 +176,15 @@ class LlmProxy:
             if not is_event_stream:
                 raise failure from None  # nothing else can tell a client reading a plain body
             yield sse_error(failure)
+            return
         finally:
             await held.aclose()
+        if is_event_stream and STREAM_END not in tail:
+            # Ollama ends a stream whose runner died with an empty chunk and no [DONE].
+            failure = AistackError(ErrorKind.UNKNOWN, f"{upstream.provider} ended its stream without finishing it "
+                                   "(no [DONE]); the answer is incomplete", provider=upstream.provider)
+            log.warning("%s", failure.message)
+            yield sse_error(failure)
 
     def _client(self, provider: str) -> httpx.AsyncClient:
         client = self._clients.get(provider)
@@ -179,6 +198,9 @@ class LlmProxy:
 
     def _transport_error(self, upstream: ChatUpstream, error: httpx.HTTPError, mid_stream: bool = False) -> AistackError:
         provider = upstream.provider
+        if isinstance(error, httpx.PoolTimeout):
+            return AistackError(ErrorKind.BUSY, f"every connection to {provider} is in use; try again shortly",
+                                provider=provider, headers={"Retry-After": "1"})
         if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
             missing = upstream.unreachable(str(error) or type(error).__name__)
             return AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=provider)
@@ -213,7 +235,7 @@ class LlmProxy:
         kind = {400: ErrorKind.MALFORMED, 401: ErrorKind.UNKNOWN, 403: ErrorKind.UNKNOWN, 413: ErrorKind.OVERFLOW,
                 422: ErrorKind.MALFORMED, 429: ErrorKind.BUSY, 503: ErrorKind.NETWORK, 504: ErrorKind.TIMEOUT}.get(
             status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
-        headers = {"Retry-After": response.headers["retry-after"]} if "retry-after" in response.headers else None
+        headers = {"Retry-After": response.headers.get("retry-after", "1")} if kind is ErrorKind.BUSY else None
         if status in (401, 403):
             message = f"{message} (the gateway's credentials for it were refused; check its api_key setting)"
         return AistackError(kind, f"{provider} answered {status}: {message}", provider=provider, headers=headers)

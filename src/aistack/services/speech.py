@@ -123,13 +123,13 @@ class SpeechService:
             return SpeechPlan(card, options, stretch=1.0)
         return SpeechPlan(card, SpeechOptions(options.voice, 1.0, instructions, dict(extra)), stretch=speed)
 
-    async def start(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncIterator[PcmChunk]:
+    async def start(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> Primed:
         """The synthesis, already past its first sound; close it (aclose) to stop the engine.
 
         Input that makes no sound at all is a 400: no format can carry "no audio" in a file players open.
         """
         if plan.card.provider in self._upstreams:
-            chunks = self._relay(plan, text)
+            chunks = self._engine_errors(plan.card, self._relay(plan, text))
         else:
             chunks = await self._run_in_process(plan, text, on_lease)
         try:
@@ -144,7 +144,7 @@ class SpeechService:
         except BaseException:
             await chunks.aclose()
             raise
-        return _prepend(first, chunks)
+        return Primed(first, chunks)
 
     async def _run_in_process(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncIterator[PcmChunk]:
         card = plan.card
@@ -205,8 +205,23 @@ def _tts_cards(snapshot: Snapshot) -> list[ModelCard]:
     return [c for c in snapshot.cards if "tts" in c.capabilities]
 
 
-async def _prepend(first: PcmChunk, rest: AsyncIterator[PcmChunk]) -> AsyncIterator[PcmChunk]:
-    async with aclosing(rest) as chunks:  # type: ignore[type-var]
-        yield first
-        async for chunk in chunks:
-            yield chunk
+class Primed:
+    """A synthesis whose first chunk was already taken: it comes first, then the rest. Closing it
+    closes the engine's stream even if iteration never started."""
+
+    def __init__(self, first: PcmChunk, rest: AsyncIterator[PcmChunk]) -> None:
+        self._first: PcmChunk | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> Primed:
+        return self
+
+    async def __anext__(self) -> PcmChunk:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._rest.aclose()  # type: ignore[attr-defined]
