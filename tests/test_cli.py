@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from conftest import free_port
+from doubles.hub_server import HubDouble
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,7 @@ def test_doctor_says_what_is_missing_and_how_to_fix_it(models_cache: Path) -> No
     assert "ok       whisper-tiny.en" in out and "ok       whisper-base" in out
     missing = out.split("missing  whisper-small:", 1)[1].splitlines()
     assert "fix:" in missing[1] and "faster-whisper-small" in missing[1]
+    assert "aistack pull whisper-small" in missing[1]
 
 
 def test_doctor_names_a_broken_configured_folder(models_cache: Path, tmp_path: Path) -> None:
@@ -81,3 +83,82 @@ def test_serve_reads_a_toml_config_and_flags_override_it(models_cache: Path, tmp
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
         assert process.wait(timeout=20) in (0, -signal.SIGTERM)
+
+
+def weights_table(stdout: str) -> dict[str, list[str]]:
+    """The indented `Weights` section of `aistack models`: MODEL -> [PULLED, FOUND IN, HUB REPOSITORY]."""
+    section = stdout.split("Weights (", 1)[1].splitlines()[1:]
+    assert section[0].split() == ["MODEL", "PULLED", "FOUND", "IN", "HUB", "REPOSITORY"]
+    return {line.split()[0]: line.split()[1:] for line in section[1:] if line.startswith("  ")}
+
+
+def test_pull_shows_progress_exits_0_and_models_marks_it_pulled(tmp_path: Path) -> None:
+    vad = bytes(range(256)) * 8000  # 2 MB
+    with HubDouble() as hub:
+        hub.add_repo("csukuangfj/vad", {"silero_vad.onnx": vad})
+        hub.queue_fault("silero_vad.onnx", "slow", chunk=256 * 1024, delay=0.05)
+        result = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=hub.url)
+        assert result.returncode == 0, result.stderr
+        # tqdm's bar on stderr: the file, the percentage, the size and the rate.
+        assert "silero_vad.onnx" in result.stderr and "100%" in result.stderr
+        assert "2.05M/2.05M" in result.stderr and "B/s" in result.stderr
+        assert "pulling silero-vad from csukuangfj/vad" in result.stderr
+        assert result.stdout.startswith("pulled silero-vad (1 file, 2.0 MB) from csukuangfj/vad at commit ")
+        assert (tmp_path / "models" / "silero-vad" / "silero_vad.onnx").read_bytes() == vad
+
+        again = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=hub.url)
+        assert again.returncode == 0 and "silero-vad is already complete" in again.stdout
+
+    models = aistack("models", cache=tmp_path)
+    assert models.returncode == 0, models.stderr
+    weights = weights_table(models.stdout)
+    assert weights["silero-vad"] == ["yes", "cache", "csukuangfj/vad"]
+    assert weights["whisper-small"] == ["no", "-", "Systran/faster-whisper-small"]
+    assert weights["whisper-tiny.en"] == ["no", "package", "Systran/faster-whisper-tiny.en"]
+    assert weights["iic/SenseVoiceSmall"][0] == "no"
+
+
+def test_models_keeps_its_served_table_first(models_cache: Path) -> None:
+    result = aistack("models", cache=models_cache)
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ID", "CAPABILITIES", "LANGUAGES", "STREAMING", "PROVIDER"]
+    assert "whisper-base" in weights_table(result.stdout)
+
+
+def test_pull_failures_exit_non_zero_with_the_reason(tmp_path: Path) -> None:
+    unknown = aistack("pull", "whisper-huge", cache=tmp_path)
+    assert unknown.returncode == 2
+    assert "unknown model 'whisper-huge'" in unknown.stderr and "silero-vad" in unknown.stderr
+
+    hub = HubDouble().start()
+    url = hub.url
+    hub.stop()
+    unreachable = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=url)
+    assert unreachable.returncode == 1
+    assert f"cannot reach the model hub at {url}" in unreachable.stderr and "AISTACK_HUB_URL" in unreachable.stderr
+
+    with HubDouble(token="hf_secret") as private:
+        private.add_repo("csukuangfj/vad", {"silero_vad.onnx": b"x" * 100})
+        denied = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=private.url)
+        assert denied.returncode == 1 and "AISTACK_HUB_TOKEN" in denied.stderr
+        allowed = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=private.url, AISTACK_HUB_TOKEN="hf_secret")
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_two_pulls_of_one_model_at_once_both_succeed(tmp_path: Path) -> None:
+    vad = bytes(range(256)) * 8000
+    with HubDouble() as hub:
+        hub.add_repo("csukuangfj/vad", {"silero_vad.onnx": vad})
+        hub.queue_fault("silero_vad.onnx", "slow", chunk=200_000, delay=0.1)
+        env = {**os.environ, "AISTACK_CACHE_DIR": str(tmp_path), "AISTACK_HUB_URL": hub.url}
+        command = [sys.executable, "-m", "aistack", "pull", "silero-vad"]
+        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while not any(r.origin == "cdn" for r in hub.requests) and first.poll() is None:
+            time.sleep(0.02)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    assert f"waiting for another pull of silero-vad (PID {first.pid})" in second.stderr
+    assert out.startswith("pulled silero-vad") and "already complete" in second.stdout
+    assert len([r for r in hub.requests if r.origin == "cdn"]) == 1
+    assert (tmp_path / "models" / "silero-vad" / "silero_vad.onnx").read_bytes() == vad

