@@ -30,8 +30,8 @@ log = logging.getLogger("aistack.engines.sherpa")
 SAMPLE_RATE = 16_000
 INSTALL_FIX = "pip install sherpa-onnx"
 VAD_FILE = SILERO_VAD.files[0]
-# Fed to the VAD at a time: bounded work per step, and the first segment comes out early.
-VAD_FEED_S = 10.0
+# Silero VAD's window at 16 kHz.
+VAD_WINDOW = 512
 # Parakeet's TDT frames are 80 ms apart; SenseVoice's 60 ms. A word's last token ends one frame later.
 FRAME_S = {"parakeet": 0.08, "sensevoice": 0.06}
 # SenseVoice marks its detected language, emotion and event as `<|...|>` tags.
@@ -94,7 +94,7 @@ class SherpaTranscriber:
             index += 1
 
     def _speech(self, audio: np.ndarray) -> Iterator[SpeechSpan]:
-        """Speech spans in order, found `VAD_FEED_S` at a time."""
+        """Speech spans in order, each as soon as its end is heard."""
         import sherpa_onnx
 
         s = self._settings
@@ -103,15 +103,17 @@ class SherpaTranscriber:
             threshold=s.vad_threshold,
             min_silence_duration=s.min_silence_s,
             min_speech_duration=0.25,
-            window_size=512,
+            window_size=VAD_WINDOW,
             max_speech_duration=s.max_segment_s,
         )
         config = sherpa_onnx.VadModelConfig(silero_vad=silero, sample_rate=SAMPLE_RATE, num_threads=1)
-        vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=s.max_segment_s + VAD_FEED_S + 5)
-        feed = int(VAD_FEED_S * SAMPLE_RATE)
-        for offset in range(0, len(audio), feed):
-            vad.accept_waveform(audio[offset : offset + feed])
-            yield from _drain(vad)
+        vad = sherpa_onnx.VoiceActivityDetector(config, buffer_size_in_seconds=s.max_segment_s + 5)
+        # One VAD window per call: sherpa-onnx judges speech once per call and dates a segment from the
+        # end of what it was given, so larger feeds merge segments and misplace their starts.
+        for offset in range(0, len(audio), VAD_WINDOW):
+            vad.accept_waveform(audio[offset : offset + VAD_WINDOW])
+            if not vad.empty():
+                yield from _drain(vad)
         vad.flush()
         yield from _drain(vad)
 
