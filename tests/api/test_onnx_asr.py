@@ -180,6 +180,29 @@ def test_long_audio_is_cut_into_many_segments_in_order(both) -> None:
     assert segments[-1]["start"] == pytest.approx(44 * 2.0, abs=0.3)
 
 
+@pytest.mark.parametrize("damage", ["no-blank-token", "not-onnx", "empty"])
+def test_a_broken_model_folder_is_a_500_and_the_gateway_lives_on(make_inprocess_gateway, parakeet_folder,  # noqa: F811
+                                                                 silero_vad_path, tmp_path, damage: str) -> None:  # noqa: F811
+    """sherpa-onnx ends the whole process on some broken folders instead of raising; they are refused first."""
+    import shutil
+
+    broken = tmp_path / "parakeet"
+    shutil.copytree(parakeet_folder, broken)
+    if damage == "no-blank-token":
+        tokens = (broken / "tokens.txt").read_text().splitlines()
+        (broken / "tokens.txt").write_text("\n".join(line for line in tokens if not line.startswith("<blk>")) + "\n")
+    elif damage == "not-onnx":
+        (broken / "joiner.int8.onnx").write_text("<html>a login page, not a model</html>")
+    else:
+        (broken / "encoder.int8.onnx").write_bytes(b"")
+    gateway = make_inprocess_gateway(model_paths={PARAKEET: broken, VAD: silero_vad_path})
+    response = transcribe(gateway, model=PARAKEET)
+    assert_envelope(response, 500, "unknown", None, "could not load", f"aistack pull --force {PARAKEET}", provider="parakeet")
+    with gateway.client() as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").json()["devices"]["cpu"]["busy"] == 0
+
+
 # -- routing (DESIGN §3) -------------------------------------------------------------------------
 
 

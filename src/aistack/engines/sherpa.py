@@ -216,6 +216,7 @@ class SherpaBackend:
         folder = self.model_folder(spec)
         if folder is None:
             raise FileNotFoundError(f"the weights of {card.id} are gone; {self._why_missing(spec).fix}")
+        check_folder(spec, folder)
         vad = self.vad_path(folder)
         if vad is None:
             raise FileNotFoundError(f"no Silero VAD model; run `aistack pull {SILERO_VAD_ID}`")
@@ -280,12 +281,12 @@ def _clean(text: str) -> str:
 
 
 def _words(tokens: list[tuple[str, float]], start_s: float, end_s: float, frame_s: float) -> list[Word]:
-    """Words from timed subword tokens: a token starting with `▁` (or a space) begins one; a word
-    ends where the next begins, the last one a few frames after its last token."""
+    """Words from timed subword tokens: a token starting with `▁` (or a space) begins one, and each
+    CJK character is one; a word ends where the next begins, the last a few frames after its last token."""
     words: list[tuple[str, float, float]] = []  # text, first token time, last token time
     for token, at in tokens:
         piece = token.replace(WORD_START, " ")
-        if not words or piece.startswith(" "):
+        if not words or piece.startswith(" ") or _is_cjk(piece) or _is_cjk(words[-1][0][-1:]):
             words.append((piece.strip(), at, at))
         else:
             text, begin, _ = words[-1]
@@ -297,6 +298,33 @@ def _words(tokens: list[tuple[str, float]], start_s: float, end_s: float, frame_
         if text:
             result.append(Word(round(begin_s, 3), round(max(end_s_word, begin_s), 3), " " + text))
     return result
+
+
+def _is_cjk(text: str) -> bool:
+    """Written without spaces between words: Han, kana, Hangul."""
+    return bool(text) and any(
+        0x3040 <= ord(ch) <= 0x30FF or 0x3400 <= ord(ch) <= 0x9FFF or 0xAC00 <= ord(ch) <= 0xD7AF or 0xF900 <= ord(ch) <= 0xFAFF
+        for ch in text.strip()[:1]
+    )
+
+
+def check_folder(spec: OnnxAsrSpec, folder: Path) -> None:
+    """Refuse a folder sherpa-onnx would die on: it ends the whole process on a broken model folder
+    rather than raising, so what can be checked cheaply is checked before it is handed the files."""
+    for name in spec.required:
+        if (folder / name).stat().st_size == 0:
+            raise ValueError(f"{folder / name} is empty; pull the model again: aistack pull --force {spec.id}")
+    tokens = (folder / "tokens.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+    malformed = [line for line in tokens[:50] if len(line.rsplit(" ", 1)) != 2 or not line.rsplit(" ", 1)[1].isdigit()]
+    if not tokens or malformed:
+        raise ValueError(f"{folder / 'tokens.txt'} is not a sherpa-onnx token list; aistack pull --force {spec.id}")
+    if spec.family == "parakeet" and not any(line.startswith("<blk> ") for line in tokens[-3:]):
+        raise ValueError(f"{folder / 'tokens.txt'} lacks the blank token <blk>; aistack pull --force {spec.id}")
+    for name in spec.required:
+        if name.endswith(".onnx"):
+            with open(folder / name, "rb") as model:
+                if model.read(1) != b"\x08":  # an ONNX ModelProto starts with its ir_version field
+                    raise ValueError(f"{folder / name} is not an ONNX model; aistack pull --force {spec.id}")
 
 
 def _gpu_present() -> bool:
