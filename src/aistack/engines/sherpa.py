@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,7 +150,7 @@ class SherpaBackend:
         self._specs = [spec for spec in ONNX_ASR_MODELS if spec.family == family]
         self._settings = settings
         self._resolver = resolver
-        self._lock = threading.Lock()
+        self._provider_name: str | None = None
 
     def library_missing(self) -> Unavailable | None:
         if importlib.util.find_spec("sherpa_onnx") is None:
@@ -240,13 +239,13 @@ class SherpaBackend:
         model.close()
 
     def _threads(self) -> int:
-        return self._settings.num_threads or max(1, (os.cpu_count() or 1))
+        return self._settings.num_threads or max(1, len(os.sched_getaffinity(0)))
 
     def _provider(self) -> str:
-        wanted = self._settings.provider
-        if wanted != "auto":
-            return wanted
-        return "cuda" if _gpu_present() and _runtime_has_cuda() else "cpu"
+        if self._provider_name is None:  # asked per request (device()); the answer does not change
+            wanted = self._settings.provider
+            self._provider_name = wanted if wanted != "auto" else ("cuda" if _gpu_present() and _runtime_has_cuda() else "cpu")
+        return self._provider_name
 
 
 def _drain(vad: Any) -> Iterator[SpeechSpan]:
