@@ -181,7 +181,7 @@ def test_long_audio_is_cut_into_many_segments_in_order(both) -> None:
 
 
 @pytest.mark.parametrize("damage", ["no-blank-token", "not-onnx", "empty"])
-def test_a_broken_model_folder_is_a_500_and_the_gateway_lives_on(make_inprocess_gateway, parakeet_folder,  # noqa: F811
+def test_a_broken_model_folder_is_not_listed_says_how_to_fix_it_and_the_gateway_lives_on(make_inprocess_gateway, parakeet_folder,  # noqa: F811
                                                                  silero_vad_path, tmp_path, damage: str) -> None:  # noqa: F811
     """sherpa-onnx ends the whole process on some broken folders instead of raising; they are refused first."""
     import shutil
@@ -197,8 +197,10 @@ def test_a_broken_model_folder_is_a_500_and_the_gateway_lives_on(make_inprocess_
         (broken / "encoder.int8.onnx").write_bytes(b"")
     gateway = make_inprocess_gateway(model_paths={PARAKEET: broken, VAD: silero_vad_path})
     response = transcribe(gateway, model=PARAKEET)
-    assert_envelope(response, 500, "unknown", None, "could not load", f"aistack pull --force {PARAKEET}", provider="parakeet")
+    assert_envelope(response, 503, "network", None, "cannot be served now", f"aistack pull --force {PARAKEET}",
+                    provider="parakeet")
     with gateway.client() as client:
+        assert PARAKEET not in [m["id"] for m in client.get("/v1/models").json()["data"]]
         assert client.get("/health").status_code == 200
         assert client.get("/ready").json()["devices"]["cpu"]["busy"] == 0
 

@@ -184,6 +184,8 @@ class SherpaBackend:
             folder = self.model_folder(spec)
             if folder is None:
                 unavailable.append(self._why_missing(spec))
+            elif (broken := _broken(spec, folder)) is not None:
+                unavailable.append(Unavailable(spec.id, broken, f"aistack pull --force {spec.id}"))
             elif self.vad_path(folder) is None:
                 unavailable.append(Unavailable(spec.id, "no Silero VAD model (silero_vad.onnx) to cut long audio with",
                                                f"aistack pull {SILERO_VAD_ID}"))
@@ -324,6 +326,14 @@ def check_folder(spec: OnnxAsrSpec, folder: Path) -> None:
             with open(folder / name, "rb") as model:
                 if model.read(1) != b"\x08":  # an ONNX ModelProto starts with its ir_version field
                     raise ValueError(f"{folder / name} is not an ONNX model; aistack pull --force {spec.id}")
+
+
+def _broken(spec: OnnxAsrSpec, folder: Path) -> str | None:
+    try:
+        check_folder(spec, folder)
+    except (ValueError, OSError) as error:
+        return str(error).split("; ")[0]
+    return None
 
 
 def _gpu_present() -> bool:
