@@ -133,7 +133,7 @@ def test_verbose_json_has_vad_segments_monotonic_timestamps_and_a_real_language(
     assert body["text"] == " ".join(s["text"].strip() for s in segments)
 
 
-@pytest.mark.parametrize(("model", "response_format"), itertools.product([PARAKEET, SENSEVOICE], ["json", "text", "srt", "vtt"]))
+@pytest.mark.parametrize(("model", "response_format"), list(itertools.product([PARAKEET, SENSEVOICE], ["json", "text", "srt", "vtt"])))
 def test_every_response_format(both, model: str, response_format: str) -> None:
     response = transcribe(both, model=model, response_format=response_format)
     assert response.status_code == 200, response.text
