@@ -55,6 +55,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
+from doubles.loopback import LoopbackServer
+
 FAULTS = ("drop", "corrupt", "slow", "ignore_range", "error_500", "expired")
 LFS_SUFFIXES = (".bin", ".onnx", ".safetensors", ".gguf", ".pt")
 
@@ -134,11 +136,15 @@ class Fault:
     delay: float = 0.05
 
 
-class HubDouble:
+class HubDouble(LoopbackServer):
+    thread_name = "hub-double"
+    label = "hub double"
+
     def __init__(self, *, token: str | None = None, fault: str | None = None, cdn_same_origin: bool = False,
                  chunk_size: int = 256 * 1024, port: int = 0) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
+        super().__init__()
         self.token = token
         self.fault = fault
         self.cdn_same_origin = cdn_same_origin
@@ -149,11 +155,6 @@ class HubDouble:
         self.requests: list[RecordedRequest] = []
         self._faults: dict[str, collections.deque[Fault]] = collections.defaultdict(collections.deque)
         self._blobs: dict[str, bytes] = {}
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._connections: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
@@ -199,51 +200,19 @@ class HubDouble:
     def cdn_url(self) -> str:
         return f"{self.url}/cdn" if self.cdn_same_origin else f"http://127.0.0.1:{self.cdn_port}"
 
-    def start(self) -> HubDouble:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="hub-double", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the hub double did not start")
-        if self._startup_error is not None:
-            raise RuntimeError("the hub double did not start") from self._startup_error
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: open connections are cut and new ones refused."""
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def __enter__(self) -> HubDouble:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
         sockets: list[socket.socket] = []
         try:
             for wanted in (self.port, 0):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("127.0.0.1", wanted))
+                sockets.append(self._bind_socket(wanted))
             self.port = sockets[0].getsockname()[1]
             self.cdn_port = sockets[1].getsockname()[1]
             hub = await asyncio.start_server(lambda r, w: self._connection(r, w, "hub"), sock=sockets[0], backlog=64)
             cdn = await asyncio.start_server(lambda r, w: self._connection(r, w, "cdn"), sock=sockets[1], backlog=64)
         except BaseException as error:
-            for sock in sockets:
-                sock.close()
-            self._startup_error = error
-            self._ready.set()
+            self._startup_failed(error, *sockets)
             return
         self._ready.set()
         try:

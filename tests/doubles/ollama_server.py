@@ -57,6 +57,8 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from doubles.loopback import LoopbackServer
+
 DEFAULT_VERSION = "0.12.11"
 FAULTS = ("error_500", "not_found", "hang", "drop", "stall", "error_midstream")
 RUNNER_ERROR = "llama runner process has terminated: exit status 2"
@@ -639,7 +641,10 @@ class _Reply(Exception):
 # -- the server --------------------------------------------------------------------------------
 
 
-class OllamaDouble:
+class OllamaDouble(LoopbackServer):
+    thread_name = "ollama-double"
+    label = "Ollama double"
+
     def __init__(
         self,
         *,
@@ -661,6 +666,7 @@ class OllamaDouble:
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
+        super().__init__()
         default = [chat_model(), embedding_model()]
         self.models: list[OllamaModel] = [m if isinstance(m, OllamaModel) else chat_model(m)
                                           for m in (default if models is None else models)]
@@ -692,11 +698,6 @@ class OllamaDouble:
         self._releases = 0
         self._release_lock = threading.Lock()
         self._release_event: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -781,35 +782,6 @@ class OllamaDouble:
             time.sleep(0.005)
         raise TimeoutError(f"no request #{count} to {path} within {timeout}s")
 
-    def start(self) -> OllamaDouble:
-        if self._thread is not None and self._thread.is_alive():
-            return self
-        self._ready = threading.Event()
-        self._startup_error = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="ollama-double", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the Ollama double did not start")
-        if self._startup_error is not None:
-            raise RuntimeError("the Ollama double did not start") from self._startup_error
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: open connections are cut and new ones refused (`start()` serves again, same port)."""
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        if self._thread is not None:
-            self._thread.join(10)
-        self.listening.clear()
-
-    def __enter__(self) -> OllamaDouble:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     def _wake_release(self) -> None:
         loop, event = self._loop, self._release_event
         if loop is not None and event is not None and not loop.is_closed():
@@ -825,19 +797,14 @@ class OllamaDouble:
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
         self._release_event = asyncio.Event()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock: socket.socket | None = None
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", self.port))
+            sock = self._bind_socket(self.port)
             self.port = sock.getsockname()[1]
             server = await asyncio.start_server(self._connection, sock=sock, backlog=128)
         except BaseException as error:
-            sock.close()
-            self._startup_error = error
-            self._ready.set()
+            self._startup_failed(error, sock)
             return
         self.listening.set()
         self._ready.set()

@@ -36,7 +36,6 @@ import base64
 import collections
 import contextlib
 import json
-import socket
 import struct
 import threading
 import time
@@ -47,6 +46,8 @@ from http import HTTPStatus
 from typing import Any
 
 import numpy as np
+
+from doubles.loopback import LoopbackServer
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 CUSTOM_VOICE_SPEAKERS = ("aiden", "dylan", "eric", "ono_anna", "ryan", "serena", "sohee", "uncle_fu", "vivian")
@@ -175,7 +176,10 @@ class _ClientWatch:
         await asyncio.gather(self._read, self._stop, return_exceptions=True)
 
 
-class Qwen3TtsDouble:
+class Qwen3TtsDouble(LoopbackServer):
+    thread_name = "qwen3-tts-double"
+    label = "Qwen3-TTS double"
+
     def __init__(
         self,
         *,
@@ -205,6 +209,7 @@ class Qwen3TtsDouble:
             raise ValueError("warmup_mode is '503' or 'refuse'")
         if checkpoint not in ("CustomVoice", "VoiceDesign", "Base"):
             raise ValueError("checkpoint is CustomVoice, VoiceDesign or Base")
+        super().__init__()
         self.model = model
         self.checkpoint = checkpoint
         default_speakers = CUSTOM_VOICE_SPEAKERS if checkpoint == "CustomVoice" else ()
@@ -229,11 +234,6 @@ class Qwen3TtsDouble:
         self.speech_calls: list[SpeechCall] = []
         self.listening = threading.Event()
         self._faults: collections.deque[str] = collections.deque()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
         self._started_at = 0.0
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -257,46 +257,15 @@ class Qwen3TtsDouble:
     def samples_for(self, text: str, speed: float = 1.0) -> int:
         return int(synthesize(text, self.sample_rate, self.seconds_per_char, self.min_seconds, speed).size)
 
-    def start(self) -> Qwen3TtsDouble:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="qwen3-tts-double", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the Qwen3-TTS double did not start")
-        if self._startup_error is not None:
-            raise RuntimeError("the Qwen3-TTS double did not start") from self._startup_error
-        return self
-
-    def stop(self) -> None:
-        """Stop serving: open connections are cut and new ones refused."""
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(stopping.set)
-        if self._thread is not None:
-            self._thread.join(10)
-        self.listening.clear()
-
-    def __enter__(self) -> Qwen3TtsDouble:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", self.port))
-            self.port = sock.getsockname()[1]
+            sock = self._bind_socket(self.port)
         except BaseException as error:
-            sock.close()
-            self._startup_error = error
-            self._ready.set()
+            self._startup_failed(error)
             return
+        self.port = sock.getsockname()[1]
         self._started_at = time.monotonic()
         self._ready.set()
         try:
