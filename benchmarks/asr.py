@@ -194,10 +194,11 @@ class OnnxEngineAlone:
 class Gateway:
     """`aistack serve` in a subprocess, on a free loopback port."""
 
-    def __init__(self, workdir: Path, api_key: str | None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, api_key: str | None, env: dict[str, str] | None = None,
+                 log_name: str = "gateway.log", limits: httpx.Limits | None = None) -> None:
         self.port = free_loopback_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "gateway.log"
+        self.log_path = workdir / log_name
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -207,7 +208,8 @@ class Gateway:
             env=env,
         )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT_S, headers=headers)
+        self.client = httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT_S, headers=headers,
+                                   limits=limits or httpx.Limits())
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S

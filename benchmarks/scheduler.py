@@ -38,7 +38,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -104,22 +103,9 @@ class Gateway(asr.Gateway):
     """asr.Gateway with its own environment and log file; health checks, log tail and stop are inherited."""
 
     def __init__(self, workdir: Path, name: str, env: dict[str, str]) -> None:
-        self.port = asr.free_loopback_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"gateway-{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self.client = httpx.Client(
-            base_url=self.base_url,
-            timeout=REQUEST_TIMEOUT_S,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-        )
+        # As many pooled connections as the largest concurrent batch, so clients never wait on the pool.
+        super().__init__(workdir, None, env, log_name=f"gateway-{name}.log",
+                         limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
 
     def transcribe(self, audio_bytes: bytes, model: str) -> tuple[float, float]:
         """(client round trip s, the gateway's slot wait ms) of one transcription."""

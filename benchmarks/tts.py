@@ -43,7 +43,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +67,6 @@ TEXTS = (("sentence", SENTENCE), ("paragraph", PARAGRAPH))
 VOICE = "alloy"
 FORMATS = ("pcm", "wav", "mp3", "opus", "aac", "flac")
 OUTPUT_SAMPLE_RATE = 24_000  # what every gateway format carries (aistack.audio.encode)
-REQUEST_TIMEOUT_S = 300.0
 
 
 def gateway_env(workdir: Path) -> dict[str, str]:
@@ -156,19 +154,7 @@ class Gateway(asr.Gateway):
     """asr.Gateway with its own environment; health checks, log tail and stop are inherited."""
 
     def __init__(self, workdir: Path, env: dict[str, str], api_key: str | None) -> None:
-        self.port = asr.free_loopback_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "gateway.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT_S, headers=headers)
+        super().__init__(workdir, api_key, env)
         self.served_by: str | None = None
 
     def speak(self, text: str, response_format: str, stream: bool) -> tuple[Timing, bytes]:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import socket
 import threading
-from typing import Self
+from typing import Any, Self
 
 
 class LoopbackServer:
@@ -84,3 +84,37 @@ class LoopbackServer:
                 sock.close()
         self._startup_error = error
         self._ready.set()
+
+
+class ClientWatch:
+    """Notices, while a response is being made, that the client closed its end or the server stops."""
+
+    def __init__(self, reader: asyncio.StreamReader, stopping: asyncio.Event) -> None:
+        self._read = asyncio.ensure_future(reader.read(1))
+        self._stop = asyncio.ensure_future(stopping.wait())
+
+    @property
+    def gone(self) -> bool:
+        # A read cancelled by close() is the watch ending, not the client leaving.
+        return self._read.done() and not self._read.cancelled()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.done() and not self._stop.cancelled()
+
+    async def pause(self, seconds: float, *extra: asyncio.Future[Any]) -> str | None:
+        """Wait `seconds` (or until one of `extra` is done); "gone" or "stopping" if that came first."""
+        if seconds > 0:
+            await asyncio.wait({self._read, self._stop, *extra}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        if self.gone:
+            return "gone"
+        if self.stopping:
+            return "stopping"
+        return None
+
+    async def close(self) -> None:
+        """Stop watching; awaited, so the reader is free again for the connection's next request."""
+        for task in (self._read, self._stop):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(self._read, self._stop, return_exceptions=True)

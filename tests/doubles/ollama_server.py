@@ -57,7 +57,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from doubles.loopback import LoopbackServer
+from doubles.loopback import ClientWatch, LoopbackServer
 
 DEFAULT_VERSION = "0.12.11"
 FAULTS = ("error_500", "not_found", "hang", "drop", "stall", "error_midstream")
@@ -586,40 +586,6 @@ class RecordedRequest:
         return self.path in GENERATION_ROUTES
 
 
-class _ClientWatch:
-    """Notices, while a response is being made, that the client closed its end or the server stops."""
-
-    def __init__(self, reader: asyncio.StreamReader, stopping: asyncio.Event) -> None:
-        self._read = asyncio.ensure_future(reader.read(1))
-        self._stop = asyncio.ensure_future(stopping.wait())
-
-    @property
-    def gone(self) -> bool:
-        return self._read.done()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.done()
-
-    async def pause(self, seconds: float, *extra: asyncio.Future[Any]) -> str | None:
-        """Wait `seconds` (or until one of `extra` is done); "gone" or "stopping" if that came first."""
-        if seconds > 0:
-            await asyncio.wait({self._read, self._stop, *extra}, timeout=seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
-        if self.gone:
-            return "gone"
-        if self.stopping:
-            return "stopping"
-        return None
-
-    async def close(self) -> None:
-        """Stop watching; awaited, so the reader is free again for the connection's next request."""
-        for task in (self._read, self._stop):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(self._read, self._stop, return_exceptions=True)
-
-
 @dataclass
 class _Conn:
     reader: asyncio.StreamReader
@@ -983,7 +949,7 @@ class OllamaDouble(LoopbackServer):
         """Wait before answering (a slow or busy server); False when the client left or the server stopped."""
         if seconds <= 0:
             return True
-        watch = _ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
+        watch = ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
         try:
             ended = await watch.pause(seconds)
         finally:
@@ -1159,7 +1125,7 @@ class OllamaDouble(LoopbackServer):
         fault = self._faults.popleft() if self._faults else self.fault
         rec.fault = fault
         rec.stream = rec.path != "/v1/embeddings" and bool(request.get("stream"))
-        watch = _ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
+        watch = ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
         try:
             if fault == "hang" or (fault == "stall" and not rec.stream):
                 return await self._hang(rec, watch)
@@ -1181,7 +1147,7 @@ class OllamaDouble(LoopbackServer):
             await watch.close()
 
     async def _embeddings(self, conn: _Conn, rec: RecordedRequest, request: dict[str, Any], inputs: list[str],
-                          watch: _ClientWatch) -> bool:
+                          watch: ClientWatch) -> bool:
         if await watch.pause(self.first_chunk_delay_s):
             return self._ended_early(rec, watch)
         base64_format = (request.get("encoding_format") or "").lower() == "base64"
@@ -1200,7 +1166,7 @@ class OllamaDouble(LoopbackServer):
         await watch.close()
         return await self._send(conn, rec, 200, _encoder_json(body), "application/json")
 
-    async def _complete(self, conn: _Conn, rec: RecordedRequest, request: dict[str, Any], watch: _ClientWatch) -> bool:
+    async def _complete(self, conn: _Conn, rec: RecordedRequest, request: dict[str, Any], watch: ClientWatch) -> bool:
         chat = rec.path == "/v1/chat/completions"
         model = request.get("model") or ""
         if chat:
@@ -1265,7 +1231,7 @@ class OllamaDouble(LoopbackServer):
         return data + b"data: [DONE]\n\n"
 
     async def _whole(self, conn: _Conn, rec: RecordedRequest, chat: bool, ident: str, model: str, text: str,
-                     done_reason: str, usage: dict[str, int], tokens: list[str], watch: _ClientWatch) -> bool:
+                     done_reason: str, usage: dict[str, int], tokens: list[str], watch: ClientWatch) -> bool:
         """Non-streaming: nothing is sent until the whole reply is generated."""
         generation_s = self.first_chunk_delay_s + self.chunk_interval_s * len(tokens)
         if await watch.pause(generation_s):
@@ -1284,7 +1250,7 @@ class OllamaDouble(LoopbackServer):
         await watch.close()
         return await self._send(conn, rec, 200, _encoder_json(body), "application/json")
 
-    async def _wait_release(self, watch: _ClientWatch) -> str | None:
+    async def _wait_release(self, watch: ClientWatch) -> str | None:
         """Step mode: wait for release_next_chunk() (at most max_hang_s); "gone"/"stopping" if that came first."""
         deadline = time.monotonic() + self.max_hang_s
         event = self._release_event
@@ -1308,7 +1274,7 @@ class OllamaDouble(LoopbackServer):
         return None
 
     async def _stream(self, conn: _Conn, rec: RecordedRequest, steps: list[Callable[[], bytes]], chat: bool,
-                      ident: str, include_usage: bool, watch: _ClientWatch) -> bool:
+                      ident: str, include_usage: bool, watch: ClientWatch) -> bool:
         fault = rec.fault
         writer = conn.writer
         for index, make in enumerate(steps):
@@ -1359,13 +1325,13 @@ class OllamaDouble(LoopbackServer):
     def _http_chunk(data: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(data), data)
 
-    async def _hang(self, rec: RecordedRequest, watch: _ClientWatch, outcome: str = "hung") -> bool:
+    async def _hang(self, rec: RecordedRequest, watch: ClientWatch, outcome: str = "hung") -> bool:
         ended = await watch.pause(self.max_hang_s)
         rec.outcome = {"gone": "client_gone", "stopping": "stopped"}.get(ended or "", outcome)
         return False
 
     @staticmethod
-    def _ended_early(rec: RecordedRequest, watch: _ClientWatch) -> bool:
+    def _ended_early(rec: RecordedRequest, watch: ClientWatch) -> bool:
         rec.outcome = "client_gone" if watch.gone else "stopped"
         return False
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from doubles.loopback import LoopbackServer
+from doubles.loopback import ClientWatch, LoopbackServer
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 CUSTOM_VOICE_SPEAKERS = ("aiden", "dylan", "eric", "ono_anna", "ryan", "serena", "sohee", "uncle_fu", "vivian")
@@ -140,40 +140,6 @@ def _invalid(message: str) -> _Rejection:
     """What vLLM's RequestValidationError handler sends for a body the pydantic model refuses."""
     text = f"1 validation error for OpenAICreateSpeechRequest\n  {message}"
     return _Rejection(400, error_body(text, HTTPStatus.BAD_REQUEST.phrase, 400))
-
-
-class _ClientWatch:
-    """Notices, while a response is being made, that the client closed its end or the server stops."""
-
-    def __init__(self, reader: asyncio.StreamReader, stopping: asyncio.Event) -> None:
-        self._read = asyncio.ensure_future(reader.read(1))
-        self._stop = asyncio.ensure_future(stopping.wait())
-
-    @property
-    def gone(self) -> bool:
-        # A read cancelled by close() is the watch ending, not the client leaving.
-        return self._read.done() and not self._read.cancelled()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.done() and not self._stop.cancelled()
-
-    async def pause(self, seconds: float) -> str | None:
-        """Wait `seconds`; "gone" or "stopping" if that happened first."""
-        if seconds > 0:
-            await asyncio.wait({self._read, self._stop}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        if self.gone:
-            return "gone"
-        if self.stopping:
-            return "stopping"
-        return None
-
-    async def close(self) -> None:
-        """Stop watching; awaited, so the reader is free again for the connection's next request."""
-        for task in (self._read, self._stop):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(self._read, self._stop, return_exceptions=True)
 
 
 class Qwen3TtsDouble(LoopbackServer):
@@ -340,7 +306,7 @@ class Qwen3TtsDouble(LoopbackServer):
             return await self._json(writer, 401, {"error": "Unauthorized"})
         if path == "/health":
             if self.hang_health:
-                watch = _ClientWatch(reader, self._stopping)  # type: ignore[arg-type]
+                watch = ClientWatch(reader, self._stopping)  # type: ignore[arg-type]
                 try:
                     await watch.pause(self.max_hang_s)
                 finally:
@@ -457,7 +423,7 @@ class Qwen3TtsDouble(LoopbackServer):
         fault = self._faults.popleft() if self._faults else self.fault
         call = SpeechCall(payload if isinstance(payload, dict) else {}, fault, time.monotonic())
         self.speech_calls.append(call)
-        watch = _ClientWatch(reader, self._stopping)  # type: ignore[arg-type]
+        watch = ClientWatch(reader, self._stopping)  # type: ignore[arg-type]
         try:
             return await self._answer(call, payload, parse_error, watch, writer)
         except (ConnectionError, OSError):
@@ -467,7 +433,7 @@ class Qwen3TtsDouble(LoopbackServer):
             await watch.close()
             call.done.set()
 
-    async def _answer(self, call: SpeechCall, payload: Any, parse_error: str | None, watch: _ClientWatch,
+    async def _answer(self, call: SpeechCall, payload: Any, parse_error: str | None, watch: ClientWatch,
                       writer: asyncio.StreamWriter) -> bool:
         if parse_error is not None:
             call.status, call.outcome = 400, "rejected"
@@ -509,7 +475,7 @@ class Qwen3TtsDouble(LoopbackServer):
             size += 1  # splits samples between chunks, as any network may
         return [pcm[i:i + size] for i in range(0, len(pcm), size)] or [b""]
 
-    async def _stream_raw(self, call: SpeechCall, pcm: bytes, response_format: str, watch: _ClientWatch,
+    async def _stream_raw(self, call: SpeechCall, pcm: bytes, response_format: str, watch: ClientWatch,
                           writer: asyncio.StreamWriter) -> bool:
         media = "audio/wav" if response_format == "wav" else "audio/pcm"
         # Starlette's StreamingResponse sends the head before the first body chunk exists.
@@ -546,7 +512,7 @@ class Qwen3TtsDouble(LoopbackServer):
         return True
 
     async def _stream_sse(self, call: SpeechCall, pcm: bytes, response_format: str, request_id: str,
-                          watch: _ClientWatch, writer: asyncio.StreamWriter) -> bool:
+                          watch: ClientWatch, writer: asyncio.StreamWriter) -> bool:
         await self._head(writer, 200, {"content-type": "text/event-stream; charset=utf-8", "transfer-encoding": "chunked"})
         call.status, call.headers_at = 200, time.monotonic()
         call.audio_bytes_total = len(pcm)
@@ -581,7 +547,7 @@ class Qwen3TtsDouble(LoopbackServer):
         call.finished_at, call.outcome = time.monotonic(), "complete"
         return True
 
-    async def _whole(self, call: SpeechCall, request: dict[str, Any], pcm: bytes, watch: _ClientWatch,
+    async def _whole(self, call: SpeechCall, request: dict[str, Any], pcm: bytes, watch: ClientWatch,
                      writer: asyncio.StreamWriter) -> bool:
         if await watch.pause(self.first_audio_delay_s):
             return self._ended_early(call, watch)
@@ -616,12 +582,12 @@ class Qwen3TtsDouble(LoopbackServer):
         call.outcome = "complete"
         return True
 
-    async def _hang(self, call: SpeechCall, watch: _ClientWatch, outcome: str = "hung") -> bool:
+    async def _hang(self, call: SpeechCall, watch: ClientWatch, outcome: str = "hung") -> bool:
         ended = await watch.pause(self.max_hang_s)
         call.outcome = {"gone": "client_gone", "stopping": "stopped"}.get(ended or "", outcome)
         return False
 
-    def _ended_early(self, call: SpeechCall, watch: _ClientWatch) -> bool:
+    def _ended_early(self, call: SpeechCall, watch: ClientWatch) -> bool:
         call.outcome = "client_gone" if watch.gone else "stopped"
         return False
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import AistackError, ErrorKind
 from ..settings import Qwen3TtsSettings
 from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
-from .upstream_errors import MAX_MESSAGE_CHARS, upstream_message
+from .upstream_errors import MAX_MESSAGE_CHARS, error_message, upstream_message
 
 log = logging.getLogger("aistack.engines.qwen3_tts")
 
@@ -44,8 +44,6 @@ API_KEY_SETTING = "AISTACK_TTS__QWEN3__API_KEY"
 MODEL_SETTING = "AISTACK_TTS__QWEN3__MODEL"
 # Request fields this backend sets itself; an `extra` key with one of these names is ignored.
 RESERVED_FIELDS = frozenset({"input", "model", "voice", "response_format", "stream", "stream_format", "speed", "instructions"})
-# How much of an error body is read and quoted.
-MAX_ERROR_BODY = 64 * 1024
 
 # The speakers of the CustomVoice checkpoints, with each speaker's native language (every
 # speaker can read all ten supported languages). Used until the server has listed its own.
@@ -274,16 +272,8 @@ class Qwen3TtsBackend:
         )
 
     async def _upstream_error(self, response: httpx.Response) -> AistackError:
-        body = bytearray()
-        try:
-            async for data in response.aiter_bytes():
-                body += data
-                if len(body) >= MAX_ERROR_BODY:
-                    break
-        except httpx.HTTPError:
-            pass  # the status alone still says what happened
         status = response.status_code
-        message, param = upstream_message(bytes(body), status)
+        message, param = await error_message(response)
         if status in (401, 403):
             return AistackError(
                 ErrorKind.UNKNOWN,

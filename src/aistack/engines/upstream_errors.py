@@ -6,7 +6,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
+
 MAX_MESSAGE_CHARS = 500
+# How much of an error body is read.
+MAX_ERROR_BODY = 64 * 1024
+
+
+async def error_message(response: httpx.Response) -> tuple[str, str | None]:
+    """`upstream_message` of a streamed error response, reading at most MAX_ERROR_BODY of it."""
+    body = bytearray()
+    try:
+        async for data in response.aiter_bytes():
+            body += data
+            if len(body) >= MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass  # the status alone still says what happened
+    return upstream_message(bytes(body), response.status_code)
 
 
 def upstream_message(body: bytes, status: int) -> tuple[str, str | None]:

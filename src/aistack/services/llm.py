@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from ..engines.base import ChatUpstream, ModelCard
-from ..engines.upstream_errors import upstream_message
+from ..engines.upstream_errors import error_message
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
 from ..scheduler.upstreams import UpstreamGate
@@ -33,7 +33,6 @@ log = logging.getLogger("aistack.llm")
 # What of the upstream's response headers a client needs; hop-by-hop and length headers are the server's.
 # (The upstream's own x-request-id would clash with the gateway's; the access log has the gateway's.)
 RELAYED_HEADERS = ("content-type", "cache-control", "openai-processing-ms")
-MAX_ERROR_BODY = 64 * 1024
 # How an OpenAI-style event stream says it is complete.
 STREAM_END = b"data: [DONE]"
 # A listing younger than this is not refreshed again for a model it lacks.
@@ -217,16 +216,8 @@ class LlmProxy:
                             provider=provider)
 
     async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard, response: httpx.Response) -> AistackError:
-        body = bytearray()
-        try:
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) >= MAX_ERROR_BODY:
-                    break
-        except httpx.HTTPError:
-            pass  # the status still says what happened
         status = response.status_code
-        message, _ = upstream_message(bytes(body), status)
+        message, _ = await error_message(response)
         provider = upstream.provider
         if status == 404:
             fix = upstream.missing_model_fix(card.provider_model_id)
