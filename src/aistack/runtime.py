@@ -7,10 +7,10 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from .engines.base import Backend, ChatUpstream, SpeechUpstream
-from .engines.llama_server import EmbeddedLlamaServer, describe_exit
+from .engines.base import Backend, ChatUpstream, Residency, ResidencyState, SpeechUpstream
+from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
 from .engines.ollama import OllamaBackend
-from .engines.openai_compatible import OpenAICompatibleBackend
+from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
 from .engines.piper import PiperBackend
 from .engines.sherpa import SherpaBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
@@ -21,6 +21,7 @@ from .observability.events import EngineEvents
 from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
 from .services.llm import LlmProxy
+from .services.model_admin import ModelAdmin
 from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
 from .settings import Settings
@@ -28,6 +29,9 @@ from .weights.catalog import whisper_id_for_size
 from .weights.resolver import WeightResolver
 
 log = logging.getLogger("aistack.runtime")
+
+# The embedded server's states as what it holds: its model is in memory exactly while it runs.
+EMBEDDED_RESIDENCY: dict[str, ResidencyState] = {"running": "loaded", "starting": "loading", "restarting": "loading"}
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Runtime:
     transcription: TranscriptionService
     speech: SpeechService
     llm: LlmProxy
+    model_admin: ModelAdmin
     # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
     embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -123,14 +128,18 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     speech = SpeechService(settings.tts, inventory, by_provider, upstreams, scheduler, lifecycle, gate, events)
     llm = LlmProxy(settings.llm, inventory, chat, gate)
+    servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
+    model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)
     return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
-                   speech, llm, embedded)
+                   speech, llm, model_admin, embedded)
 
 
 def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> dict[str, ChatUpstream]:
     """The LLM servers by provider name, most preferred first (`llm.priority`, then Ollama, the
     configured upstreams, the embedded server): the inventory gives a shared id to the first."""
-    found: dict[str, ChatUpstream] = {"ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s)}
+    found: dict[str, ChatUpstream] = {
+        "ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s, load_timeout_s=settings.llm.read_timeout_s)
+    }
     taken = {"ollama", "aistack", "faster-whisper", "parakeet", "sensevoice", "piper", "qwen3-tts", "llama-cpp"}
     for upstream in settings.llm.upstreams:
         if upstream.name in taken:
@@ -146,12 +155,26 @@ def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> 
     return {name: found[name] for name in [*preferred, *(n for n in found if n not in preferred)]}
 
 
-def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> OpenAICompatibleBackend:
-    """The embedded server as one more OpenAI-compatible upstream, reachable while it is healthy."""
+def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> SupervisedServerBackend:
+    """The embedded server as one more OpenAI-compatible upstream, reachable while it is healthy, which
+    holds its model in memory while it runs."""
 
     def not_running() -> str:
         detail = server.error or (f"last exit: {describe_exit(server.last_exit)}" if server.last_exit is not None else "")
         return f"the embedded llama.cpp server is {server.state}" + (f" ({detail})" if detail else "")
 
+    def residency() -> dict[str, Residency]:
+        # llama.cpp maps the whole GGUF at start and keeps it: its size is the model's footprint.
+        state: ResidencyState = EMBEDDED_RESIDENCY.get(server.state, "unloaded")
+        try:
+            size = server.gguf.stat().st_size if state == "loaded" and server.gguf is not None else None
+        except OSError:
+            size = None
+        return {server.model_id: Residency(state, size_bytes=size)}
+
     fix = f"wait for it to start, or read its log: {server.log_path}"
-    return OpenAICompatibleBackend(server.provider, lambda: server.base_url, None, probe_timeout_s, fix, not_running)
+    refusal = (f"{server.provider} (the llama.cpp server aistack runs on {server.gguf}) manages {server.model_id} and "
+               f"holds it for as long as the gateway runs; to free it, stop the gateway, or unset {GGUF_SETTING} "
+               "and start it again")
+    return SupervisedServerBackend(server.provider, lambda: server.base_url, probe_timeout_s, fix, not_running,
+                                   residency, refusal)

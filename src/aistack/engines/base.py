@@ -196,6 +196,41 @@ class ChatUpstream(Protocol):
         ...
 
 
+ResidencyState = Literal["loading", "loaded", "unloading", "unloaded"]
+
+
+@dataclass(frozen=True)
+class Residency:
+    """What an upstream server says it holds in memory for one of its models (None: it does not say)."""
+
+    state: ResidencyState
+    device: str | None = None
+    size_bytes: int | None = None
+    # Wall-clock seconds; None when the server will keep it until told otherwise, or does not say.
+    expires_at: float | None = None
+
+
+@runtime_checkable
+class ResidencyControl(Protocol):
+    """An upstream server that says which of its models are in memory and can be told to load or free one.
+
+    An upstream without this leaves its models' memory to itself: /admin/models shows them as "remote".
+    """
+
+    async def resident(self) -> dict[str, Residency]:
+        """Its models in memory, by the id the server knows them by; absent ones are unloaded.
+        Raises AistackError (network, timeout, unknown) when the server cannot say."""
+        ...
+
+    async def load_model(self, card: ModelCard) -> None:
+        """Have the server load it now; AistackError when it cannot or will not."""
+        ...
+
+    async def unload_model(self, card: ModelCard) -> None:
+        """Have the server free it; AistackError when it cannot or will not."""
+        ...
+
+
 class Backend(Protocol):
     provider: str
     capability: Capability

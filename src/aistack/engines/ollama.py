@@ -3,31 +3,46 @@
 Visible while `GET /api/version` answers within the probe timeout. Models come from `/api/tags`;
 what each can do from `/api/show` (`capabilities`: "completion" → llm, "embedding" → embeddings),
 remembered by digest, since a model's capabilities change only when it is pulled again.
+
+What it holds in memory comes from `/api/ps` (`size`, `size_vram`, `expires_at` per model). A
+request with no prompt loads a model (`/api/generate`; `/api/embed` with no input for a model
+that only embeds), and one with `"keep_alive": 0` frees it; Ollama then unloads it in the
+background, so an unload waits until `/api/ps` no longer lists it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import datetime
+from typing import Any
 
 import httpx
 
+from ..errors import AistackError, ErrorKind
 from ..settings import OllamaSettings
-from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Unavailable
+from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Residency, Unavailable
+from .upstream_errors import upstream_message
 
 log = logging.getLogger("aistack.engines.ollama")
 
 PROVIDER = "ollama"
 START_FIX = "start Ollama: `ollama serve` (or the Ollama app), then `ollama pull MODEL`"
 ENABLE_SETTING = "AISTACK_LLM__OLLAMA__ENABLED"
+# How long an unload waits for Ollama's scheduler to drop the model from /api/ps.
+UNLOAD_SETTLE_S = 10.0
+UNLOAD_POLL_S = 0.05
+# Ollama keeps a model with a negative keep_alive for the longest Go duration (about 292 years).
+FOREVER_AFTER_S = 100 * 365 * 24 * 3600
 
 
 class OllamaBackend:
     provider = PROVIDER
     capability = "llm"
 
-    def __init__(self, settings: OllamaSettings, probe_timeout_s: float) -> None:
+    def __init__(self, settings: OllamaSettings, probe_timeout_s: float, load_timeout_s: float = 600.0) -> None:
+        self._load_timeout_s = load_timeout_s
         self._settings = settings
         self._base_url = settings.base_url.rstrip("/")
         self._probe_timeout_s = probe_timeout_s
@@ -112,6 +127,87 @@ class OllamaBackend:
         if self._client is None:
             self._client = httpx.Client(timeout=PROBE_BUDGET_SHARE * self._probe_timeout_s, trust_env=False)
         return self._client
+
+    # -- what it holds in memory (ResidencyControl) -------------------------------------------
+
+    async def resident(self) -> dict[str, Residency]:
+        listed = await self._call("GET", "/api/ps", None, self._probe_timeout_s, "list the models it holds")
+        now = time.time()
+        held: dict[str, Residency] = {}
+        for item in (listed.get("models") or []) if isinstance(listed, dict) else []:
+            if not isinstance(item, dict) or not (item.get("name") or item.get("model")):
+                continue
+            expires_at = _wall_clock(item.get("expires_at"))
+            if expires_at is not None and expires_at - now > FOREVER_AFTER_S:
+                expires_at = None  # a negative keep_alive: kept until told otherwise
+            size = item.get("size") if isinstance(item.get("size"), int) else None
+            vram = item.get("size_vram") if isinstance(item.get("size_vram"), int) else None
+            held[str(item.get("name") or item.get("model"))] = Residency(
+                # expireRunner sets expires_at to now and unloads in the background.
+                state="unloading" if expires_at is not None and expires_at <= now else "loaded",
+                device=None if vram is None else ("cuda" if vram > 0 else "cpu"),
+                size_bytes=size,
+                expires_at=expires_at,
+            )
+        return held
+
+    async def load_model(self, card: ModelCard) -> None:
+        name = card.provider_model_id
+        if "llm" in card.capabilities:
+            await self._call("POST", "/api/generate", {"model": name}, self._load_timeout_s, f"load {name}")
+        else:  # /api/generate refuses a model that only embeds; /api/embed with no input loads it
+            await self._call("POST", "/api/embed", {"model": name}, self._load_timeout_s, f"load {name}")
+
+    async def unload_model(self, card: ModelCard) -> None:
+        name = card.provider_model_id
+        await self._call("POST", "/api/generate", {"model": name, "keep_alive": 0}, self._probe_timeout_s,
+                         f"unload {name}")
+        deadline = time.monotonic() + UNLOAD_SETTLE_S
+        while name in await self.resident() and time.monotonic() < deadline:
+            await asyncio.sleep(UNLOAD_POLL_S)
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float, what: str) -> Any:
+        """One request to Ollama's native API; its JSON answer, or an AistackError saying what went wrong."""
+        url = f"{self._base_url}{path}"
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._probe_timeout_s))
+        try:
+            # Admin calls are rare: a client each keeps no connection tied to an event loop.
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+                response = await client.request(method, url, json=body, headers=self.auth_headers())
+        except httpx.ConnectError:
+            raise AistackError(ErrorKind.NETWORK, f"{self.unreachable('nothing answers there').reason}; {START_FIX}",
+                               provider=PROVIDER) from None
+        except httpx.TimeoutException:
+            raise AistackError(ErrorKind.TIMEOUT, f"Ollama at {self._base_url} did not {what} within {timeout_s:g} s",
+                               provider=PROVIDER) from None
+        except httpx.HTTPError as error:
+            raise AistackError(ErrorKind.NETWORK, f"Ollama at {self._base_url} could not {what}: "
+                               f"{error or type(error).__name__}; {START_FIX}", provider=PROVIDER) from None
+        if response.status_code >= 400:
+            message, _param = upstream_message(response.content, response.status_code)
+            if response.status_code == 404:
+                model = (body or {}).get("model", "")
+                raise AistackError(ErrorKind.NOT_FOUND, f"Ollama could not {what}: {message}; to fix it: "
+                                   f"{self.missing_model_fix(model)}", provider=PROVIDER, param="model")
+            kind = ErrorKind.MALFORMED if response.status_code < 500 else ErrorKind.UNKNOWN
+            if response.status_code == 503:
+                kind = ErrorKind.BUSY
+            raise AistackError(kind, f"Ollama could not {what} ({response.status_code}: {message})", provider=PROVIDER)
+        try:
+            return response.json()
+        except ValueError:
+            raise AistackError(ErrorKind.UNKNOWN, f"Ollama answered {path} with something that is not JSON",
+                               provider=PROVIDER) from None
+
+
+def _wall_clock(value: object) -> float | None:
+    """An RFC 3339 time as Go writes it (nanoseconds, any offset) in Unix seconds; None if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _left(deadline: float) -> float:

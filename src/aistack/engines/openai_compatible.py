@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import httpx
 
-from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, Unavailable
+from ..errors import AistackError, ErrorKind
+from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, Residency, Unavailable
 
 log = logging.getLogger("aistack.engines.openai_compatible")
 
@@ -103,6 +104,37 @@ class OpenAICompatibleBackend:
         if self._client is None:
             self._client = httpx.Client(timeout=PROBE_BUDGET_SHARE * self._probe_timeout_s, trust_env=False)
         return self._client
+
+
+class SupervisedServerBackend(OpenAICompatibleBackend):
+    """A server that aistack runs itself (the embedded llama.cpp server): it holds its model for as long
+    as it runs and runs as long as the gateway does, so the model is not loaded or freed on its own."""
+
+    def __init__(
+        self,
+        provider: str,
+        root_url: Callable[[], str | None],
+        probe_timeout_s: float,
+        start_fix: str,
+        not_running: Callable[[], str],
+        residency: Callable[[], dict[str, Residency]],
+        unload_refusal: str,
+    ) -> None:
+        super().__init__(provider, root_url, None, probe_timeout_s, start_fix, not_running)
+        self._residency = residency
+        self._unload_refusal = unload_refusal
+
+    async def resident(self) -> dict[str, Residency]:
+        return {model_id: held for model_id, held in self._residency().items() if held.state != "unloaded"}
+
+    async def load_model(self, card: ModelCard) -> None:
+        held = self._residency().get(card.provider_model_id)
+        if held is None or held.state != "loaded":
+            reason = self._not_running() if self._not_running else f"{self.provider} is not running"
+            raise AistackError(ErrorKind.NETWORK, f"{reason}; {self._start_fix}", provider=self.provider)
+
+    async def unload_model(self, card: ModelCard) -> None:
+        raise AistackError(ErrorKind.MALFORMED, self._unload_refusal)
 
 
 def _describe(error: httpx.HTTPError, url: str) -> str:
