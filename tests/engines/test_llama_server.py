@@ -1,4 +1,5 @@
-"""The embedded llama.cpp server: a real `python -m llama_cpp.server` on SmolLM2-135M, supervised."""
+"""The embedded llama.cpp server: llama_cpp.server's real app on SmolLM2-135M (run by
+`aistack.engines.llama_child` on a socket the supervisor bound), supervised."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _servers_started_before_the_test() -> None:
     _BEFORE_THE_TEST.update(child.pid for child in llama_children())
 
 
-def llama_children(port: int | None = None) -> list[psutil.Process]:
+def llama_children() -> list[psutil.Process]:
     """The llama.cpp servers this process started since the test began."""
     found = []
     for child in psutil.Process().children(recursive=True):
@@ -67,9 +68,23 @@ def llama_children(port: int | None = None) -> list[psutil.Process]:
             cmdline = child.cmdline()
         except psutil.Error:
             continue
-        if "llama_cpp.server" in cmdline and (port is None or str(port) in cmdline):
+        if llama_server_module.CHILD_MODULE in cmdline:
             found.append(child)
     return found
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on."""
+    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+
+
+def never_healthy(server: EmbeddedLlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `server` start a child that holds the inherited socket and never answers on it: a hung load."""
+
+    def command(listening_fd: int) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(3600)", llama_server_module.CHILD_MODULE]
+
+    monkeypatch.setattr(server, "_command", command)
 
 
 async def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
@@ -87,7 +102,6 @@ def test_start_is_health_gated_answers_and_stop_reaps_the_child(tmp_path: Path) 
         server = make(tmp_path)
         assert server.state == "stopped" and server.base_url is None and server.pid is None
         assert server.model_id == "smollm2" and server.provider == "llama-cpp"
-        t0 = time.monotonic()
         await server.start()
         # start() returns at once; not "running" until /v1/models has answered 200.
         assert server.state == "starting" and server.base_url is None
@@ -97,22 +111,21 @@ def test_start_is_health_gated_answers_and_stop_reaps_the_child(tmp_path: Path) 
             assert psutil.Process(pid).ppid() == os.getpid()
             assert server.state == "starting" and server.base_url is None
             assert await server.wait_ready(60), server.describe()
-            started_s = time.monotonic() - t0
             assert server.state == "running" and server.pid == pid
             port = server.port
             assert server.base_url == f"http://127.0.0.1:{port}/v1"
+            # The child serves on the socket the supervisor bound and handed down.
+            assert port in listening_ports(pid)
             assert await chat(server.base_url, "smollm2")
             info = server.describe()
             assert info["state"] == "running" and info["pid"] == pid and info["port"] == port
             assert info["model"] == "smollm2" and info["restarts"] == 0 and info["last_exit"] is None
             assert Path(info["log"]).is_file() and Path(info["log"]).parent == tmp_path / "logs"
-            rss_mb = psutil.Process(pid).memory_info().rss / 2**20
-            print(f"\nembedded llama.cpp server healthy in {started_s:.2f} s, RSS {rss_mb:.0f} MB")
         finally:
             await server.stop()
         assert server.state == "stopped" and server.pid is None and server.base_url is None
         assert not psutil.pid_exists(pid)
-        assert llama_children(port) == []
+        assert llama_children() == []
         assert not await server.wait_ready(0.1)
 
     asyncio.run(asyncio.wait_for(scenario(), 90))
@@ -128,25 +141,23 @@ def test_a_killed_child_is_restarted_on_the_same_port(tmp_path: Path, run) -> No
             assert await server.wait_ready(60), server.describe()
             first_pid, port = server.pid, server.port
             assert first_pid is not None
-            t0 = time.monotonic()
             os.kill(first_pid, signal.SIGKILL)
-            assert await wait_for(lambda: server.state != "running", 5), "the supervisor did not notice the death"
+            assert await wait_for(lambda: server.state != "running", 15), "the supervisor did not notice the death"
             assert server.state == "restarting" and server.base_url is None
             assert await server.wait_ready(60), server.describe()
-            restart_s = time.monotonic() - t0
             assert server.state == "running" and server.restarts == 1
             assert server.pid is not None and server.pid != first_pid
             assert server.last_exit == -signal.SIGKILL
             assert server.describe()["last_exit_text"] == "killed by SIGKILL"
-            assert server.port == port  # the port was free again, so it was kept
+            assert server.port == port  # the supervisor kept the socket, so the new child serves on it
+            assert port in listening_ports(server.pid)
             assert not psutil.pid_exists(first_pid)  # reaped, not a zombie
             assert await chat(server.base_url, "smollm2")
-            print(f"\nembedded llama.cpp server back {restart_s:.2f} s after SIGKILL (1 s of it backoff)")
             second_pid = server.pid
         finally:
             await server.stop()
         assert not psutil.pid_exists(second_pid)
-        assert llama_children(port) == []
+        assert llama_children() == []
 
     run(asyncio.wait_for(scenario(), 100))
 
@@ -163,11 +174,10 @@ def test_stop_or_shutdown_at_any_moment_of_a_start_leaves_no_child(tmp_path: Pat
             await server.stop()
             assert server.state == "stopped" and server.pid is None
 
+    # The delays only vary the moment of the stop; a hang shows as wait_for's TimeoutError.
     for stop in (True, False):
         for delay in (0, 0.0005, 0.001, 0.002, 0.005, 0.02, 0.2):
-            t0 = time.monotonic()
             run(asyncio.wait_for(scenario(delay, stop), 15))
-            assert time.monotonic() - t0 < 12
             assert llama_children() == [], (stop, delay)
 
 
@@ -180,9 +190,11 @@ def test_a_missing_gguf_fails_clearly_without_a_child(tmp_path: Path) -> None:
         assert server.state == "failed" and server.pid is None and server.base_url is None
         assert str(missing) in server.error and "AISTACK_LLM__EMBEDDED__GGUF" in server.error
         assert server.describe()["retrying"] is False
-        t0 = time.monotonic()
-        assert await server.wait_ready(5) is False
-        assert time.monotonic() - t0 < 0.5  # no retry can fix it, so no waiting
+        # No retry can fix it, so wait_ready answers False without suspending even once.
+        waiting = server.wait_ready(3600)
+        with pytest.raises(StopIteration) as returned:
+            waiting.send(None)
+        assert returned.value.value is False
         await server.stop()
         assert server.state == "stopped"
 
@@ -226,28 +238,25 @@ def test_a_missing_library_is_named_with_the_install_command_without_importing_i
 def test_a_child_that_exits_at_once_backs_off_without_a_busy_loop(tmp_path: Path) -> None:
     async def scenario() -> None:
         server = make(tmp_path, extra_args=["--no-such-flag"], max_restart_delay_s=2.0)
-        me = psutil.Process()
-        cpu0 = sum(me.cpu_times()[:2])
-        t0 = time.monotonic()
         await server.start()
         try:
-            assert await wait_for(lambda: server.state == "failed", 20), server.describe()
-            first_failure_s = time.monotonic() - t0
-            assert server.last_exit == 2  # argparse refused the flag
+            # Each failed start is followed by a wait of 1 s, then 2 s, then 2 s (the cap). The test
+            # polls on the supervisor's own loop, and its short poll timer comes due before the
+            # supervisor's back-off timer, so it sees every failed state before the next attempt.
+            delays = []
+            for attempt in range(3):
+                assert await wait_for(lambda a=attempt: server.state == "failed" and server.restarts == a, 30), server.describe()
+                delays.append(server.describe()["retry_delay_s"])
+                assert server.last_exit == 2  # argparse refused the flag
+                assert server.describe()["retrying"] is True and server.base_url is None
+            assert delays == [1.0, 2.0, 2.0]
             assert "exited before it was healthy" in server.error and str(server.log_path) in server.error
-            assert "--no-such-flag" in server.log_path.read_text()
-            assert server.base_url is None
-            # Retries wait 1 s, then 2 s, then 2 s (the cap): a handful of starts, not a spin.
-            await asyncio.sleep(4.0)
-            elapsed = time.monotonic() - t0
-            assert server.state in ("failed", "restarting")
-            assert 1 <= server.restarts <= 3, (server.restarts, elapsed, first_failure_s)
-            assert server.describe()["retrying"] is True
+            log_text = server.log_path.read_text()
+            assert "--no-such-flag" in log_text
+            assert log_text.count("aistack starts:") == 3  # one start per attempt, no more
             assert not await server.wait_ready(0.2)
         finally:
             await server.stop()
-        cpu_s = sum(me.cpu_times()[:2]) - cpu0
-        assert cpu_s < 0.5 * elapsed, f"the supervisor used {cpu_s:.2f} s of CPU in {elapsed:.1f} s"
         assert server.state == "stopped"
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
@@ -255,9 +264,10 @@ def test_a_child_that_exits_at_once_backs_off_without_a_busy_loop(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_a_start_that_is_not_healthy_in_time_is_killed_and_retried(tmp_path: Path) -> None:
+def test_a_start_that_is_not_healthy_in_time_is_killed_and_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         server = make(tmp_path, start_timeout_s=0.3)
+        never_healthy(server, monkeypatch)
         await server.start()
         try:
             assert await wait_for(lambda: server.pid is not None, 5)
@@ -267,9 +277,9 @@ def test_a_start_that_is_not_healthy_in_time_is_killed_and_retried(tmp_path: Pat
             assert not psutil.pid_exists(first_pid)  # killed and reaped
             assert server.pid is None and server.base_url is None
             info = server.describe()
-            assert info["retrying"] is True and 0 < info["retry_in_s"] <= 1.0
-            # After the 1 s backoff it tries again (and fails again, with the same short timeout).
-            assert await wait_for(lambda: server.restarts == 1, 5), server.describe()
+            assert info["retrying"] is True and info["retry_delay_s"] == 1.0
+            # After the 1 s backoff it tries again (and fails again: this child never answers).
+            assert await wait_for(lambda: server.restarts == 1, 30), server.describe()
         finally:
             await server.stop()
         assert llama_children() == []

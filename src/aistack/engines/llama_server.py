@@ -1,8 +1,9 @@
 """An embedded llama.cpp server (from `llama-cpp-python[server]`), run and supervised as a child.
 
-For machines without Ollama: when a GGUF file is configured, the gateway runs
-`python -m llama_cpp.server --model GGUF --host 127.0.0.1 --port P ...` on a free loopback port
-and treats it as one more OpenAI-compatible upstream. Everything here runs on asyncio; the
+For machines without Ollama: when a GGUF file is configured, the gateway binds a listening
+socket on 127.0.0.1 (port 0: the system picks a free one), runs
+`python -m aistack.engines.llama_child --fd N --model GGUF ...` (llama_cpp.server's app, served
+on that inherited socket) and treats it as one more OpenAI-compatible upstream. Everything here runs on asyncio; the
 gateway process never imports `llama_cpp` (loading it maps llama.cpp's native library).
 
 States: "stopped" (not started, or stopped), "starting" (the first child is up but not yet
@@ -15,7 +16,9 @@ file is missing, which no retry can fix).
 The child's stdout and stderr go to a log file (`log_path`), not to the gateway's console; the
 tail of that file is logged when a start fails or a child dies. Restarts back off from 1 s,
 doubling up to `max_restart_delay_s`, and the delay resets once a child has been healthy for a
-minute. The child keeps its port across restarts while that port is free. On Linux the child
+minute. The gateway holds the listening socket from `start` to `stop` and hands it to each new
+child, so the port is the same across restarts and no other process can take it meanwhile
+(connections made while no child runs wait in the socket's backlog). On Linux the child
 gets PR_SET_PDEATHSIG(SIGTERM), so it dies with the gateway even when the gateway is killed
 hard (the signal follows the thread that started the child: start it from the event loop's
 thread, which lives as long as the gateway).
@@ -64,6 +67,9 @@ LOG_TAIL_BYTES = 4096
 LOG_TAIL_LINES = 25
 
 PR_SET_PDEATHSIG = 1
+CHILD_MODULE = "aistack.engines.llama_child"
+# As uvicorn's default: connections made while a child loads (or restarts) wait here.
+SOCKET_BACKLOG = 2048
 
 
 def library_missing(search_path: list[str] | None = None) -> str | None:
@@ -115,21 +121,21 @@ def _set_parent_death_signal(parent_pid: int) -> Any:
     return preexec
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the server binds it (uvicorn sets SO_REUSEADDR), so a port in TIME_WAIT counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def bind_listening_socket() -> socket.socket:
+    """A TCP socket listening on a free loopback port, for a child to inherit and serve on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
         sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+        sock.listen(SOCKET_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def child_command(listening_fd: int, server_args: list[str]) -> list[str]:
+    """The command that serves llama_cpp.server's app, with `server_args`, on the inherited socket."""
+    return [sys.executable, "-m", CHILD_MODULE, "--fd", str(listening_fd), *server_args]
 
 
 def describe_exit(returncode: int | None) -> str | None:
@@ -213,7 +219,7 @@ class _Child:
 
 
 class EmbeddedLlamaServer:
-    """Runs `python -m llama_cpp.server` on one GGUF file as a supervised child process."""
+    """Runs llama_cpp.server's app on one GGUF file as a supervised child process."""
 
     provider = PROVIDER
 
@@ -232,10 +238,13 @@ class EmbeddedLlamaServer:
         self.retrying: bool = False
         self._state: State = "stopped"
         self._port: int | None = None
+        self._listening: socket.socket | None = None
         self._proc: _Child | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
         self._next_attempt_at: float | None = None  # time.monotonic()
+        # The back-off before the next attempt (set as the wait begins; it doubles up to the cap).
+        self.retry_delay_s: float | None = None
 
     # What the rest of the gateway reads.
 
@@ -293,6 +302,7 @@ class EmbeddedLlamaServer:
             "error": self.error,
             "retrying": self.retrying,
             "retry_in_s": retry_in,
+            "retry_delay_s": self.retry_delay_s,
             "log": str(self.log_path),
         }
 
@@ -310,6 +320,7 @@ class EmbeddedLlamaServer:
         self.error = None
         self.last_exit = None
         self.restarts = 0
+        self.retry_delay_s = None
         problem = await asyncio.to_thread(self.problem)
         if problem is not None:
             self.error = problem
@@ -351,6 +362,7 @@ class EmbeddedLlamaServer:
         proc = self._proc
         if proc is not None:
             await self._terminate(proc)
+        self._close_socket()
         self.retrying = False
         self._next_attempt_at = None
         self._set_state("stopped")
@@ -373,6 +385,7 @@ class EmbeddedLlamaServer:
             async with httpx.AsyncClient(trust_env=False) as client:
                 while True:
                     if not first:
+                        self.retry_delay_s = delay
                         self._next_attempt_at = time.monotonic() + delay
                         await asyncio.sleep(delay)
                         self._next_attempt_at = None
@@ -435,26 +448,28 @@ class EmbeddedLlamaServer:
             if proc is not None and proc.returncode is None:
                 await self._terminate(proc)
 
-    def _command(self, port: int) -> list[str]:
+    def _command(self, listening_fd: int) -> list[str]:
         assert self.gguf is not None
-        return [
-            sys.executable, "-m", "llama_cpp.server",
+        return child_command(listening_fd, [
             "--model", str(self.gguf),
-            "--host", HOST,
-            "--port", str(port),
             "--n_ctx", str(self.settings.n_ctx),
             "--model_alias", self.model_id,
             # Its default cuts a running stream off whenever another request arrives.
             "--interrupt_requests", "False",
             *self.settings.extra_args,
-        ]
+        ])
+
+    def _close_socket(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.close()
 
     async def _spawn(self) -> _Child:
-        if self._port is None or not _port_free(self._port):
-            if self._port is not None:
-                log.info("embedded LLM port %d is taken; picking another", self._port)
-            self._port = _free_port()
-        command = self._command(self._port)
+        if self._listening is None:
+            self._listening = bind_listening_socket()
+            self._port = self._listening.getsockname()[1]
+        listening_fd = self._listening.fileno()
+        command = self._command(listening_fd)
         # No await from here to `self._proc = ...`: a cancellation cannot come between the fork
         # and our record of the PID. (Opening a local log file is as quick as the fork itself.)
         output = self._open_log(command, append=self.restarts > 0)
@@ -466,6 +481,7 @@ class EmbeddedLlamaServer:
                 stderr=subprocess.STDOUT,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
                 close_fds=True,
+                pass_fds=(listening_fd,),
                 # Its own session: a Ctrl-C on the gateway's terminal reaches the gateway, which
                 # then stops the child in order.
                 start_new_session=True,
