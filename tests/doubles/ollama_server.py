@@ -10,9 +10,18 @@ first streamed chunk (not before), gin's plain-text 404/405, and Ollama's error 
 (`invalid_request_error` from the OpenAI middleware's own checks; `api_error` for every error the
 handler raises, whatever the status, as 0.12's `BaseWriter.writeError` does).
 
-Routes: `GET|HEAD /`, `GET|HEAD /api/version`, `GET|HEAD /api/tags`, `POST /api/show`,
-`GET /v1/models`, `GET /v1/models/{model}`, `POST /v1/chat/completions`, `POST /v1/completions`,
+Routes: `GET|HEAD /`, `GET|HEAD /api/version`, `GET|HEAD /api/tags`, `POST /api/show`, `GET /api/ps`,
+`POST /api/generate`, `POST /api/embed`, `GET /v1/models`, `GET /v1/models/{model}`, `POST /v1/chat/completions`, `POST /v1/completions`,
 `POST /v1/embeddings`. Anything else gets gin's `404 page not found` (405 for a known path).
+
+Models in memory: every request that runs a model loads it (a chat, a completion, an embedding, or
+a native request with no prompt or input, which only loads); it stays for its `keep_alive` (Go's
+Duration: seconds as a number, or a string such as "5m"; negative: for ever, which Ollama stores
+as the longest Go duration, about 292 years) or the server's default (`keep_alive_s`, as
+OLLAMA_KEEP_ALIVE), and `/api/ps` lists it with `size` (`loaded_size`), `size_vram` (`vram_fraction`
+of it; 0 on a machine without a GPU) and `expires_at` in Go's RFC 3339 with nanoseconds. A native
+request with no prompt and `"keep_alive": 0` unloads (`done_reason` "unload"): as Ollama's scheduler,
+it sets `expires_at` to now and drops the model in the background, after `unload_delay_s`.
 
 Generation is deterministic: the reply is the last user message (or the prompt) echoed, cut into
 word tokens ("Hello", " world"); each token is one SSE chunk, then the final chunk with
@@ -60,6 +69,10 @@ import numpy as np
 from doubles.loopback import ClientWatch, LoopbackServer
 
 DEFAULT_VERSION = "0.12.11"
+# OLLAMA_KEEP_ALIVE's default, and what a negative keep_alive becomes (time.Duration(math.MaxInt64)).
+DEFAULT_KEEP_ALIVE_S = 300.0
+FOREVER_NS = 2**63 - 1
+DEFAULT_NUM_CTX = 4096
 FAULTS = ("error_500", "not_found", "hang", "drop", "stall", "error_midstream")
 RUNNER_ERROR = "llama runner process has terminated: exit status 2"
 # net/http buffers this much of a handler's output before it must choose chunked encoding.
@@ -70,6 +83,9 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/api/version": ("GET", "HEAD"),
     "/api/tags": ("GET", "HEAD"),
     "/api/show": ("POST",),
+    "/api/ps": ("GET",),
+    "/api/generate": ("POST",),
+    "/api/embed": ("POST",),
     "/v1/models": ("GET",),
     "/v1/chat/completions": ("POST",),
     "/v1/completions": ("POST",),
@@ -102,9 +118,13 @@ class OllamaModel:
     parameters: tuple[tuple[str, Any], ...] = (("stop", "<|start_header_id|>"), ("stop", "<|end_header_id|>"),
                                                ("stop", "<|eot_id|>"))
     license: str = "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT"
+    # What it takes in memory once loaded (weights, KV cache, graph), as /api/ps reports it; 0: 5/3 of `size`.
+    loaded_size: int = 0
 
     def __post_init__(self) -> None:
         self.name = canonical_name(self.name)
+        if not self.loaded_size:
+            self.loaded_size = self.size * 5 // 3
         if not self.digest:
             self.digest = hashlib.sha256(f"manifest:{self.name}".encode()).hexdigest()
 
@@ -422,6 +442,15 @@ COMPLETION_REQUEST = ("openai.CompletionRequest", "CompletionRequest", {
 EMBED_REQUEST = ("openai.EmbedRequest", "EmbedRequest", {
     "input": ("any", "", None), "model": ("string", "string", None), "dimensions": ("int", "int", None),
     "encoding_format": ("string", "string", None)})
+GENERATE_REQUEST = ("api.GenerateRequest", "GenerateRequest", {
+    "model": ("string", "string", None), "prompt": ("string", "string", None), "suffix": ("string", "string", None),
+    "system": ("string", "string", None), "template": ("string", "string", None), "stream": ("bool", "*bool", None),
+    "raw": ("bool", "bool", None), "keep_alive": ("any", "", None), "images": ("array", "[]api.ImageData", None),
+    "options": ("object", "map[string]interface {}", None)})
+NATIVE_EMBED_REQUEST = ("api.EmbedRequest", "EmbedRequest", {
+    "model": ("string", "string", None), "input": ("any", "", None), "truncate": ("bool", "*bool", None),
+    "keep_alive": ("any", "", None), "dimensions": ("int", "int", None),
+    "options": ("object", "map[string]interface {}", None)})
 SHOW_REQUEST = ("api.ShowRequest", "ShowRequest", {
     "model": ("string", "string", None), "system": ("string", "string", None),
     "template": ("string", "string", None), "verbose": ("bool", "bool", None),
@@ -500,6 +529,87 @@ def bind_json(body: bytes, shape: tuple[str, str, dict[str, Any]]) -> dict[str, 
     if error:
         raise _GoJSONError(error)
     return {key.lower() if key.lower() in fields else key: value for key, value in payload.items()}
+
+
+# -- keep_alive and times, as Go has them -----------------------------------------------------
+
+_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9,
+                   "h": 3600 * 10**9}
+
+
+def go_parse_duration(text: str) -> int:
+    """time.ParseDuration in nanoseconds ("1h30m", "-1s", "0"), raising _GoJSONError with Go's message."""
+    quoted = json.dumps(text)
+    rest = text
+    sign = 1
+    if rest and rest[0] in "+-":
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        raise _GoJSONError(f"time: invalid duration {quoted}")
+    total = 0
+    while rest:
+        match = re.match(r"(\d*)(?:\.(\d*))?", rest)
+        assert match is not None  # every part may be empty, so it always matches
+        whole, fraction = match.group(1), match.group(2)
+        if not whole and not fraction:
+            raise _GoJSONError(f"time: invalid duration {quoted}")
+        rest = rest[match.end():]
+        unit = re.match(r"[^\d.]*", rest).group(0)
+        if not unit:
+            raise _GoJSONError(f"time: missing unit in duration {quoted}")
+        if unit not in _DURATION_UNITS:
+            raise _GoJSONError(f"time: unknown unit {json.dumps(unit)} in duration {quoted}")
+        rest = rest[len(unit):]
+        scale = _DURATION_UNITS[unit]
+        total += int(whole or 0) * scale + (int(Decimal(f"0.{fraction}") * scale) if fraction else 0)
+    return sign * total
+
+
+def keep_alive_ns(value: Any) -> int | None:
+    """api.Duration's UnmarshalJSON: None when absent; negative becomes for ever; Go's errors for the rest."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        go_type = {bool: "bool", dict: "map[string]interface {}", list: "[]interface {}"}[type(value)]
+        raise _GoJSONError(f"Unsupported type: '{go_type}'")
+    if isinstance(value, str):
+        nanoseconds = go_parse_duration(value)
+    else:
+        nanoseconds = -1 if value < 0 else int(value * 10**9)
+    return FOREVER_NS if nanoseconds < 0 else nanoseconds
+
+
+def go_time(unix_ns: int, utc: bool = False) -> str:
+    """A time.Time as encoding/json writes it (RFC 3339 with nanoseconds, trailing zeros cut), local or UTC."""
+    import datetime as _dt
+
+    seconds, nanos = divmod(unix_ns, 10**9)
+    moment = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc if utc else None).astimezone(
+        _dt.timezone.utc if utc else None)
+    offset = moment.utcoffset() or _dt.timedelta(0)
+    if offset:
+        minutes = int(offset.total_seconds()) // 60
+        zone = f"{'+' if minutes >= 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    else:
+        zone = "Z"
+    fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction.rstrip(".") + zone
+
+
+@dataclass
+class RunningModel:
+    """A model the double holds in memory, as /api/ps lists it."""
+
+    model: OllamaModel
+    expires_at_ns: int  # wall clock
+    size: int
+    size_vram: int
+    context_length: int = DEFAULT_NUM_CTX
+    # Expired by a keep_alive 0 request, still in memory until the scheduler has unloaded it.
+    unloading: bool = False
 
 
 # -- generation ------------------------------------------------------------------------------
@@ -628,6 +738,9 @@ class OllamaDouble(LoopbackServer):
         version_delay_s: float = 0.0,
         status_error_types: bool = False,
         try_pulling_message: bool = False,
+        keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
+        vram_fraction: float = 0.0,
+        unload_delay_s: float = 0.0,
         port: int = 0,
     ) -> None:
         if fault is not None and fault not in FAULTS:
@@ -655,6 +768,13 @@ class OllamaDouble(LoopbackServer):
         # False: 0.12's chat/completions say `model 'x' not found` (the handler's own GetModel check);
         # True: `model "x" not found, try pulling it first`, as they did up to 0.11 (embeddings always do).
         self.try_pulling_message = try_pulling_message
+        # OLLAMA_KEEP_ALIVE: how long a model stays loaded after a request that gave no keep_alive.
+        self.keep_alive_s = keep_alive_s
+        # The share of a loaded model in GPU memory (size_vram / size); 0 as on a machine without a GPU.
+        self.vram_fraction = vram_fraction
+        self.unload_delay_s = unload_delay_s
+        # Models in memory by canonical name (what /api/ps lists).
+        self.running: dict[str, RunningModel] = {}
         self.port = port
         self.requests: list[RecordedRequest] = []
         self.listening = threading.Event()
@@ -693,6 +813,32 @@ class OllamaDouble(LoopbackServer):
     def model(self, name: str) -> OllamaModel | None:
         wanted = canonical_name(name).lower()
         return next((m for m in self.models if m.name.lower() == wanted), None)
+
+    def loaded(self) -> list[str]:
+        """The names /api/ps lists now (models whose keep-alive ran out are gone)."""
+        self._expire()
+        return list(self.running)
+
+    def hold(self, name: str, keep_alive_ns: int | None = None) -> RunningModel:
+        """Load `name` as a request would (for `keep_alive_ns`, else the default keep-alive)."""
+        found = self.model(name)
+        if found is None:
+            raise KeyError(name)
+        duration = int(self.keep_alive_s * 10**9) if keep_alive_ns is None else keep_alive_ns
+        now = time.time_ns()
+        held = self.running.get(found.name)
+        if held is None:
+            held = self.running[found.name] = RunningModel(found, now, found.loaded_size,
+                                                           int(found.loaded_size * self.vram_fraction))
+        held.expires_at_ns = now + duration
+        held.unloading = False
+        return held
+
+    def _expire(self) -> None:
+        now = time.time_ns()
+        for name, held in list(self.running.items()):
+            if held.expires_at_ns <= now and not held.unloading:
+                del self.running[name]
 
     def remove_model(self, name: str) -> None:
         self.models = [m for m in self.models if m.name.lower() != canonical_name(name).lower()]
@@ -930,6 +1076,12 @@ class OllamaDouble(LoopbackServer):
                                         "application/json; charset=utf-8")
             if path == "/api/tags":
                 return await self._send(conn, rec, 200, _gin_json(self._tags()), "application/json; charset=utf-8")
+            if path == "/api/ps":
+                return await self._send(conn, rec, 200, _gin_json(self._ps()), "application/json; charset=utf-8")
+            if path == "/api/generate":
+                return await self._native_generate(conn, rec)
+            if path == "/api/embed":
+                return await self._native_embed(conn, rec)
             if path == "/api/show":
                 return await self._send(conn, rec, 200, _gin_json(self._show(rec.body)),
                                         "application/json; charset=utf-8")
@@ -974,6 +1126,107 @@ class OllamaDouble(LoopbackServer):
         if found is None:
             raise self._openai_error(404, f"model '{name}' not found")
         return {"id": name, "object": "model", "created": found.created, "owned_by": _parse_name(name)[1]}
+
+    def _ps(self) -> dict[str, Any]:
+        """PsHandler: what is in memory, the longest time left first."""
+        self._expire()
+        held = sorted(self.running.values(), key=lambda r: r.expires_at_ns // 10**9, reverse=True)
+        return {"models": [{"name": r.model.name, "model": r.model.name, "size": r.size, "digest": r.model.digest,
+                            "details": r.model.details, "expires_at": go_time(r.expires_at_ns),
+                            "size_vram": r.size_vram, "context_length": r.context_length} for r in held]}
+
+    def _native_bind(self, body: bytes, shape: tuple[str, str, dict[str, Any]]) -> tuple[dict[str, Any], int | None]:
+        """ShouldBindJSON for a native route: the request and its keep_alive (ns), or Ollama's 400."""
+        try:
+            request = bind_json(body, shape)
+            return request, keep_alive_ns(request.get("keep_alive"))
+        except _GoJSONError as error:
+            message = "missing request body" if str(error) == "EOF" else str(error)
+            raise self._native_error(400, message) from None
+
+    def _native_model(self, name: str) -> OllamaModel:
+        found = self.model(name) if _valid_name(name) else None
+        if found is None:
+            raise self._native_error(404, f"model '{name}' not found")
+        return found
+
+    def _expire_runner(self, found: OllamaModel) -> None:
+        """sched.expireRunner: expires now; the scheduler drops it from memory in the background."""
+        held = self.running.get(found.name)
+        if held is None:
+            return
+        held.expires_at_ns, held.unloading = time.time_ns(), True
+
+        def unloaded() -> None:
+            if self.running.get(found.name) is held and held.unloading:
+                del self.running[found.name]
+
+        asyncio.get_running_loop().call_later(self.unload_delay_s, unloaded)
+
+    async def _native_generate(self, conn: _Conn, rec: RecordedRequest) -> bool:
+        """GenerateHandler: no prompt and keep_alive 0 unloads, no prompt loads, a prompt generates (NDJSON)."""
+        request, keep_alive = self._native_bind(rec.body, GENERATE_REQUEST)
+        name = request.get("model") or ""
+        found = self._native_model(name)
+        prompt = request.get("prompt") or ""
+        now = go_time(time.time_ns(), utc=True)
+        if not prompt and keep_alive == 0:
+            self._expire_runner(found)
+            return await self._send(conn, rec, 200, _gin_json(
+                {"model": name, "created_at": now, "response": "", "done": True, "done_reason": "unload"}),
+                "application/json; charset=utf-8")
+        if "completion" not in found.capabilities:
+            raise self._native_error(400, f"{json.dumps(name)} does not support generate")
+        self.hold(found.name, keep_alive)
+        if not prompt:
+            return await self._send(conn, rec, 200, _gin_json(
+                {"model": name, "created_at": now, "response": "", "done": True, "done_reason": "load"}),
+                "application/json; charset=utf-8")
+        tokens = tokenize(self.reply_text(prompt))
+        metrics = {"context": list(range(1, len(tokens) + 1)), "total_duration": 1_000_000, "load_duration": 100_000,
+                   "prompt_eval_count": max(1, len(tokenize(prompt))), "prompt_eval_duration": 200_000,
+                   "eval_count": len(tokens), "eval_duration": 700_000}
+        if request.get("stream") is False:
+            body = {"model": name, "created_at": now, "response": "".join(tokens), "done": True, "done_reason": "stop",
+                    **metrics}
+            return await self._send(conn, rec, 200, _gin_json(body), "application/json; charset=utf-8")
+        rec.stream = True
+        lines = [{"model": name, "created_at": go_time(time.time_ns(), utc=True), "response": t, "done": False}
+                 for t in tokens]
+        lines.append({"model": name, "created_at": go_time(time.time_ns(), utc=True), "response": "", "done": True,
+                      "done_reason": "stop", **metrics})
+        data = self._head(conn, 200, "application/x-ndjson", None)
+        data += b"".join(self._http_chunk(_gin_json(line) + b"\n") for line in lines) + b"0\r\n\r\n"
+        conn.writer.write(data)
+        await conn.writer.drain()
+        rec.status, rec.outcome = 200, "complete"
+        rec.headers_at = rec.finished_at = time.monotonic()
+        return True
+
+    async def _native_embed(self, conn: _Conn, rec: RecordedRequest) -> bool:
+        """EmbedHandler: loads the model; no input answers at once with no embeddings."""
+        request, keep_alive = self._native_bind(rec.body, NATIVE_EMBED_REQUEST)
+        raw = request.get("input")
+        if raw is None or raw == "":
+            inputs: list[str] = []
+        elif isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            inputs = list(raw)
+        else:
+            raise self._native_error(400, "invalid input type")
+        name = request.get("model") or ""
+        found = self._native_model(name)
+        self.hold(found.name, keep_alive)
+        if keep_alive == 0:
+            self._expire_runner(found)  # a zero session: unloaded once the request is done
+        if not inputs:
+            return await self._send(conn, rec, 200, _gin_json({"model": name, "embeddings": []}),
+                                    "application/json; charset=utf-8")
+        vectors = [embed(text, self.embedding_dim) for text in inputs]
+        body = {"model": name, "embeddings": vectors, "total_duration": 1_000_000, "load_duration": 100_000,
+                "prompt_eval_count": sum(max(1, len(tokenize(t))) for t in inputs)}
+        return await self._send(conn, rec, 200, _gin_json(body), "application/json; charset=utf-8")
 
     def _show(self, body: bytes) -> dict[str, Any]:
         try:
@@ -1124,6 +1377,8 @@ class OllamaDouble(LoopbackServer):
             request, inputs = self._validate_embeddings(rec.body)
         fault = self._faults.popleft() if self._faults else self.fault
         rec.fault = fault
+        if fault not in ("not_found", "error_500"):
+            self.hold(request.get("model") or "")  # the scheduler loads the model before it runs
         rec.stream = rec.path != "/v1/embeddings" and bool(request.get("stream"))
         watch = ClientWatch(conn.reader, self._stopping)  # type: ignore[arg-type]
         try:
