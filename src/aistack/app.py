@@ -42,11 +42,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router):
         app.include_router(router)
-    # Added last runs first: the access log sees every request, including refused ones, and
-    # request clean-up runs inside it, once the response is over.
-    app.add_middleware(UnexpectedErrorMiddleware)
+    # Added last runs first: the access log (and its X-Request-Id) sees every request, including
+    # refused ones; right inside it, the last-resort 500 covers a failure in any other layer; request
+    # clean-up runs innermost, once the response is over.
     app.add_middleware(RequestCleanupMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(AccessLogMiddleware)
     return app

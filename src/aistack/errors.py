@@ -1,9 +1,13 @@
-"""The one error envelope (DESIGN §4) and the exceptions that carry it."""
+"""The one error envelope (docs/errors.md) and the exceptions that carry it."""
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ErrorKind(str, Enum):
@@ -78,12 +82,18 @@ def error_envelope(
         "error": {
             "kind": kind.value,
             "provider": provider,
-            "message": message,
+            "message": encodable(message),
             "type": OPENAI_TYPE_BY_KIND[kind],
             "code": kind.value,
-            "param": param,
+            "param": encodable(param) if param is not None else None,
         }
     }
+
+
+def encodable(text: str) -> str:
+    """`text` with lone surrogates (which a request can smuggle in through JSON escapes such as
+    `\\udcff`) replaced by U+FFFD, so that the envelope quoting it can always be sent as UTF-8."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def malformed(message: str, *, param: str | None = None, provider: str = "aistack") -> AistackError:

@@ -61,3 +61,49 @@ def test_an_error_after_the_body_started_still_reaches_the_server() -> None:
         return None
 
     assert asyncio.run(scenario()) == "a bug after the body started"
+
+
+def gateway_app():
+    import tempfile
+    from pathlib import Path
+
+    from aistack.app import create_app
+    from aistack.settings import Settings
+
+    # Not started: these requests never reach an engine.
+    return create_app(Settings(cache_dir=Path(tempfile.mkdtemp(prefix="aistack-mw-"))))
+
+
+def test_a_500_carries_the_request_id_and_is_logged_with_it(caplog) -> None:
+    app = gateway_app()
+
+    async def broken_route() -> None:
+        raise RuntimeError("a bug")
+
+    app.router.add_api_route("/v1/broken", broken_route)
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://aistack") as client:
+            return await client.get("/v1/broken", headers={"x-request-id": "req-500"})
+
+    with caplog.at_level("INFO", logger="aistack.access"):
+        response = asyncio.run(scenario())
+    assert response.status_code == 500 and response.json()["error"]["kind"] == "unknown"
+    assert response.headers["x-request-id"] == "req-500"
+    assert any(r.getMessage().startswith("req-500 GET /v1/broken 500") for r in caplog.records)
+
+
+def test_a_content_length_that_is_no_number_is_a_400_envelope_with_the_request_id() -> None:
+    # Before: the body limit's int() raised outside the last-resort handler: a plain-text 500 without an id.
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway_app(), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://aistack") as client:
+            return await client.post("/v1/chat/completions", content=b"{}",
+                                     headers={"content-type": "application/json", "content-length": b"\xb2"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["kind"] == "malformed" and "Content-Length" in error["message"]
+    assert response.headers["x-request-id"]

@@ -1,4 +1,4 @@
-"""Every non-2xx response, from every route, as the one envelope (DESIGN §4)."""
+"""Every non-2xx response, from every route, as the one envelope (docs/errors.md)."""
 
 from __future__ import annotations
 
@@ -50,14 +50,25 @@ def envelope_response(status: int, kind: ErrorKind, message: str, *, param: str 
 
 
 def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
-    location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    """What was wrong with the request, naming the field, from the first of pydantic's errors."""
+    where = error.get("loc", ())
+    source = where[0] if where else "body"
+    path = list(where[1:]) if source in ("body", "query", "path", "header", "cookie") else list(where)
+    kind = error.get("type")
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error") or "it does not parse"
+        at = f" at character {path[0]}" if path and isinstance(path[0], int) else ""
+        return f"the request body is not valid JSON ({reason}{at}); send a JSON object", None
+    if not path:
+        if kind == "missing":
+            return "the request body is missing; send a JSON object with the fields this endpoint takes", None
+        return f"the request body could not be read: {error.get('msg')}; send a JSON object", None
     # Multipart arrays arrive as `name[]`; the envelope names the field itself.
-    param = location[0].removesuffix("[]") if location else None
-    if error.get("type") == "missing":
-        return f"the field '{param}' is required in the request body", param
-    if param is None:
-        return f"the request body could not be read: {error.get('msg')}", None
-    return f"{param}: {error.get('msg')}", param
+    param = str(path[0]).removesuffix("[]")
+    field = param + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path[1:])
+    if kind == "missing":
+        return f"the field '{field}' is required; add it to the request", param
+    return f"{field}: {error.get('msg')}", param
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -79,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if status == 404 and error.detail == "Not Found":
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see GET /v1/models)"
         elif status == 405:
-            # DESIGN §4 ties each kind to one status: a wrong method is a malformed request, 400.
+            # Each kind has one status (docs/errors.md): a wrong method is a malformed request, 400.
             allowed = next((v for k, v in (error.headers or {}).items() if k.lower() == "allow"), "")
             message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
             status = 400

@@ -12,12 +12,13 @@ from .deps import RuntimeDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+# HEAD too: load balancers and uptime checks probe with it.
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health() -> dict[str, Any]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/ready")
+@router.api_route("/ready", methods=["GET", "HEAD"])
 async def ready(runtime: RuntimeDep) -> dict[str, Any]:
     snapshot = await runtime.inventory.snapshot()
     in_use = runtime.lifecycle.in_use_by_provider()

@@ -108,6 +108,18 @@ class AccessLogMiddleware:
         model = "-"
         slot_wait = ""
 
+        body_done = False
+
+        async def receive_watching() -> Message:
+            # A client that leaves before its body is in left: 499, whatever a body parser answers.
+            nonlocal body_done
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            elif message["type"] == "http.disconnect" and not body_done:
+                mark_cancelled(scope)
+            return message
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, model, slot_wait
             if message["type"] == "http.response.start":
@@ -123,7 +135,7 @@ class AccessLogMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watching, send_with_id)
         finally:
             if scope.get("state", {}).get(OUTCOME_KEY) == "cancelled":
                 status = 499
@@ -146,7 +158,11 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and not (declared.isascii() and declared.strip().isdigit()):
+            message = f"Content-Length '{declared}' is not a number of bytes; send the body's length in bytes, or no Content-Length"
+            await envelope_response(400, ErrorKind.MALFORMED, message)(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
             await envelope_response(413, ErrorKind.OVERFLOW, too_large_message(self.max_bytes))(scope, receive, send)
             return
         received = 0
