@@ -107,3 +107,27 @@ def test_a_content_length_that_is_no_number_is_a_400_envelope_with_the_request_i
     error = response.json()["error"]
     assert error["kind"] == "malformed" and "Content-Length" in error["message"]
     assert response.headers["x-request-id"]
+
+
+def test_an_upload_the_client_abandons_midway_is_logged_as_499(gateway) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    from conftest import wait_until
+
+    address = urlsplit(gateway.url)
+    boundary = "aistackboundary"
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {address.hostname}\r\nX-Request-Id: abandoned-upload\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode() + b"\0" * 1000
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(head + part)  # 1 kB of the 100 kB it announced, then gone
+
+    def logged() -> list[str]:
+        return [line for line in gateway.log().splitlines() if "abandoned-upload POST /v1/audio/transcriptions" in line]
+
+    assert wait_until(lambda: bool(logged())), gateway.log()[-2000:]
+    assert " 499 " in logged()[0], logged()[0]
