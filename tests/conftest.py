@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import threading
 import time
 import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +36,23 @@ LONG_PARAGRAPH = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a free loopback port (port 0), not listening: hand it to a server, or
+    keep it as a port where a connection is surely refused (nobody else can bind it meanwhile)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def refused_url() -> Iterator[str]:
+    """An http URL on a loopback port that is bound (so no one else takes it) but never listens."""
+    with bound_socket() as sock:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# The line `aistack serve` logs once its socket is bound (src/aistack/cli.py, serve_forever).
+ANNOUNCED_URL = re.compile(r"aistack \S+ on (http://\S+) \(OpenAI base URL")
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +135,9 @@ class Gateway:
 
 
 def start_gateway(cache: Path, workdir: Path, extra_env: dict[str, str] | None = None) -> Gateway:
-    """`aistack serve` as a real subprocess on a free port, with its own TMPDIR to check for leftovers."""
-    port = free_port()
+    """`aistack serve --port 0` as a real subprocess, with its own TMPDIR to check for leftovers.
+
+    The gateway binds a free port itself and logs the URL it bound; that line gives the URL."""
     tmpdir = workdir / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "gateway.log"
@@ -134,21 +150,26 @@ def start_gateway(cache: Path, workdir: Path, extra_env: dict[str, str] | None =
     }
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "aistack", "serve", "--port", str(port)],
+            [sys.executable, "-m", "aistack", "serve", "--port", "0"],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    gateway = Gateway(f"http://127.0.0.1:{port}", process, tmpdir, log_path)
+    gateway = Gateway("", process, tmpdir, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
-        try:
-            if httpx.get(f"{gateway.url}/health", timeout=1).status_code == 200:
-                return gateway
-        except httpx.HTTPError:
-            pass
+        if not gateway.url:
+            announced = ANNOUNCED_URL.search(gateway.log())
+            if announced is not None:
+                gateway.url = announced.group(1)
+        if gateway.url:
+            try:
+                if httpx.get(f"{gateway.url}/health", timeout=1).status_code == 200:
+                    return gateway
+            except httpx.HTTPError:
+                pass
         time.sleep(0.1)
     stop_gateway(gateway)
     raise RuntimeError(f"gateway did not come up:\n{gateway.log()}")
@@ -186,7 +207,8 @@ class InProcessGateway:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
 
-def _serve_in_thread(settings) -> InProcessGateway:
+def _serve_in_thread(settings, sock: socket.socket) -> InProcessGateway:
+    """Serve on `sock`, bound already (its port is `settings.port`), in a thread of this process."""
     import uvicorn
 
     from aistack.app import create_app
@@ -197,7 +219,7 @@ def _serve_in_thread(settings) -> InProcessGateway:
     app = create_app(settings, runtime)
     config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, access_log=False, log_level="warning")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="test-gateway", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -214,9 +236,13 @@ def make_inprocess_gateway(models_cache: Path) -> Iterator:
 
     started: list[InProcessGateway] = []
 
+    sockets: list[socket.socket] = []
+
     def make(**overrides) -> InProcessGateway:
-        settings = Settings(cache_dir=models_cache, port=free_port(), **overrides)
-        gateway = _serve_in_thread(settings)
+        sock = bound_socket()
+        sockets.append(sock)
+        settings = Settings(cache_dir=models_cache, port=sock.getsockname()[1], **overrides)
+        gateway = _serve_in_thread(settings, sock)
         started.append(gateway)
         return gateway
 
@@ -224,6 +250,8 @@ def make_inprocess_gateway(models_cache: Path) -> Iterator:
     for gateway in started:
         gateway.server.should_exit = True  # type: ignore[attr-defined]
         gateway.thread.join(timeout=15)
+    for sock in sockets:
+        sock.close()
 
 
 def run_on_runtime(runtime, body, timeout: float = 60.0) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import ANNOUNCED_URL, refused_url
 from doubles.hub_server import HubDouble
 
 pytestmark = pytest.mark.slow
@@ -59,24 +59,46 @@ def test_missing_config_file_is_a_clear_error(models_cache: Path, tmp_path: Path
     assert result.returncode == 2 and "config file not found" in result.stderr
 
 
+def announced_url(log_path: Path, process: subprocess.Popen, timeout: float = 60) -> str:
+    """The URL `aistack serve` says it bound, read from its log once that line is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = ANNOUNCED_URL.search(log_path.read_text(errors="replace"))
+        if found is not None:
+            return found.group(1)
+        assert process.poll() is None, log_path.read_text(errors="replace")
+        time.sleep(0.05)
+    raise AssertionError(f"no URL announced:\n{log_path.read_text(errors='replace')}")
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the gateway exited with {process.returncode}"
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/health did not answer 200 within {timeout:g} s")
+
+
 def test_serve_reads_a_toml_config_and_flags_override_it(models_cache: Path, tmp_path: Path) -> None:
-    port = free_port()
     config = tmp_path / "aistack.toml"
     config.write_text('port = 1\nmax_upload_mb = 0.01\n\n[whisper]\ndefault_size = "tiny.en"\n')
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aistack", "serve", "--config", str(config), "--port", str(port)],
-        env={**os.environ, "AISTACK_CACHE_DIR": str(models_cache)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aistack", "serve", "--config", str(config), "--port", "0"],
+            env={**os.environ, "AISTACK_CACHE_DIR": str(models_cache)},
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        url = announced_url(log_path, process)
+        port = int(url.rsplit(":", 1)[1])
+        assert port not in (0, 1)  # --port 0 won over the file's port 1, and the port really bound is named
+        wait_healthy(url, process)
         too_big = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", b"0" * 20_000)})
         assert too_big.status_code == 413  # max_upload_mb from the file
     finally:
@@ -130,10 +152,8 @@ def test_pull_failures_exit_non_zero_with_the_reason(tmp_path: Path) -> None:
     assert unknown.returncode == 2
     assert "unknown model 'whisper-huge'" in unknown.stderr and "silero-vad" in unknown.stderr
 
-    hub = HubDouble().start()
-    url = hub.url
-    hub.stop()
-    unreachable = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=url)
+    with refused_url() as url:
+        unreachable = aistack("pull", "silero-vad", cache=tmp_path, AISTACK_HUB_URL=url)
     assert unreachable.returncode == 1
     assert f"cannot reach the model hub at {url}" in unreachable.stderr and "AISTACK_HUB_URL" in unreachable.stderr
 

