@@ -40,6 +40,9 @@ FOREVER_AFTER_S = 100 * 365 * 24 * 3600
 class OllamaBackend:
     provider = PROVIDER
     capability = "llm"
+    # Ollama's /v1 passes the role on untouched, and models' templates know `system`, `user`, `assistant`
+    # and `tool`: a `developer` message would be left out of the prompt without a word.
+    accepts_developer_role = False
 
     def __init__(self, settings: OllamaSettings, probe_timeout_s: float, load_timeout_s: float = 600.0) -> None:
         self._load_timeout_s = load_timeout_s
@@ -185,8 +188,8 @@ class OllamaBackend:
                                f"{error or type(error).__name__}; {START_FIX}", provider=PROVIDER) from None
         if response.status_code >= 400:
             message, _param = upstream_message(response.content, response.status_code)
-            if response.status_code == 404:
-                model = (body or {}).get("model", "")
+            model = (body or {}).get("model")
+            if response.status_code == 404 and model:
                 raise AistackError(ErrorKind.NOT_FOUND, f"Ollama could not {what}: {message}; to fix it: "
                                    f"{self.missing_model_fix(model)}", provider=PROVIDER, param="model")
             kind = ErrorKind.MALFORMED if response.status_code < 500 else ErrorKind.UNKNOWN
