@@ -176,6 +176,8 @@ class ChatUpstream(Protocol):
 
     provider: str
     capability: Capability
+    # Whether it takes OpenAI's `developer` role; where not, the relay sends such messages as `system`.
+    accepts_developer_role: bool
 
     def probe(self) -> BackendStatus:
         """Blocking, within the probe timeout: the models it serves now, or why it cannot be reached."""

@@ -24,6 +24,9 @@ BUSY_GRACE_S = 60.0
 
 class OpenAICompatibleBackend:
     capability = "llm"
+    # llama-cpp-python refuses the role (a 500); which others take it cannot be asked, and `system` means
+    # the same to all of them.
+    accepts_developer_role = False
 
     def __init__(
         self,

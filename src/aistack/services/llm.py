@@ -1,7 +1,9 @@
 """Relaying /v1/chat/completions, /v1/completions and /v1/embeddings to the upstream that owns the model.
 
 The body is read once (within the upload limit) and parsed only to find its `model`; it goes out
-as the same bytes unless the model had to be renamed for the upstream (`provider/id`). The upstream's answer
+as the same bytes unless the model had to be renamed for the upstream (`provider/id`) or the
+upstream does not know OpenAI's `developer` role (its messages go as `system`). An upstream's
+validation answer is the client's error (400), whatever status the upstream gave it. The upstream's answer
 comes back as it arrives: its status, its content type and its bytes, never buffered. Each
 upstream has one pooled keep-alive client with a short connect timeout and a long read timeout.
 A failure before the answer starts is the error envelope; one in the middle of a stream is one
@@ -22,7 +24,7 @@ from typing import Any
 import httpx
 
 from ..engines.base import ChatUpstream, ModelCard
-from ..engines.upstream_errors import error_message
+from ..engines.upstream_errors import UpstreamRefusal, read_refusal
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
 from ..scheduler.upstreams import UpstreamGate
@@ -38,6 +40,10 @@ STREAM_END = b"data: [DONE]"
 # A listing younger than this is not refreshed again for a model it lacks.
 FRESH_ENOUGH_S = 0.25
 ENDPOINT_CAPABILITY = {"chat/completions": "llm", "completions": "llm", "embeddings": "embeddings"}
+# Where a model that embeds can come from, for a message that finds none here.
+EMBEDDING_MODEL_PLACEHOLDER = "<an embedding model>"
+# How an upstream says a model cannot do what was asked (llama-cpp-python: 500 "must be created with embedding=True").
+CANNOT_DO_IT_STATUSES = (400, 422, 500, 501)
 
 
 @dataclass
@@ -76,12 +82,26 @@ class LlmProxy:
             raise malformed("the field 'model' is required: name an LLM (GET /v1/models lists them)", param="model")
         if not isinstance(model, str):
             raise malformed("the field 'model' must be a string", param="model")
-        card = await self._resolve(model, ENDPOINT_CAPABILITY[endpoint])
+        capability = ENDPOINT_CAPABILITY[endpoint]
+        card = await self._resolve(model, capability)
         upstream = self._upstreams[card.provider]
+        rewritten = payload
         if model.startswith(f"{card.provider}/") and card.provider_model_id != model:
             # `provider/id` chose the upstream; the upstream knows the model by its own id.
-            body = json.dumps({**payload, "model": card.provider_model_id}).encode()
-        return await self._send(upstream, card, endpoint, body)
+            rewritten = {**rewritten, "model": card.provider_model_id}
+        if endpoint == "chat/completions" and not upstream.accepts_developer_role:
+            rewritten = _developer_as_system(rewritten)
+        if rewritten is not payload:
+            body = _encode(rewritten)
+        try:
+            return await self._send(upstream, card, endpoint, body)
+        except UpstreamRefused as refused:
+            if (capability == "embeddings" and "embeddings" not in card.capabilities
+                    and refused.status in CANNOT_DO_IT_STATUSES and not refused.refusal.invalid_request):
+                # Not listed as embedding, tried anyway (a generic server's listing cannot say whether a
+                # model embeds; Ollama embeds with chat models), and refused: the model does not embed.
+                raise await self._does_not_embed(card, refused.refusal) from None
+            raise refused.error from None
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
@@ -100,11 +120,32 @@ class LlmProxy:
             snapshot = await self._inventory.snapshot()
             card = _find(snapshot, model)
         if card is not None and card.provider in self._upstreams:
+            if capability == "llm" and "llm" not in card.capabilities:
+                raise malformed(f"model '{model}' makes embeddings only ({card.provider} says so): send it to "
+                                f"/v1/embeddings, or pick a model that generates text: "
+                                f"{self._models_that(capability, snapshot) or 'none here'}", param="model")
             return card
         if card is not None:
             raise malformed(f"model '{model}' is not an LLM ({', '.join(card.capabilities)}); pick one from GET /v1/models",
                             param="model")
         raise self._unknown(model, capability, snapshot)
+
+    def _models_that(self, capability: str, snapshot: Snapshot) -> str:
+        return ", ".join(c.id for c in snapshot.cards if c.provider in self._upstreams and capability in c.capabilities)
+
+    async def _does_not_embed(self, card: ModelCard, refusal: UpstreamRefusal) -> AistackError:
+        snapshot = await self._inventory.snapshot(allow_stale=True)
+        said = f"{card.provider}: {refusal.message}"
+        embedders = self._models_that("embeddings", snapshot)
+        if embedders:
+            return malformed(f"model '{card.id}' does not make embeddings ({said}); models here that do: {embedders}",
+                             param="model", provider=card.provider)
+        fixes = [fix for upstream in self._upstreams.values()
+                 if (fix := upstream.missing_model_fix(EMBEDDING_MODEL_PLACEHOLDER))]
+        get_one = "".join(f"`{fix}` or " for fix in fixes)
+        return malformed(f"model '{card.id}' does not make embeddings ({said}), and no model here does; get one: "
+                         f"{get_one}serve one on an OpenAI-compatible server listed in AISTACK_LLM__UPSTREAMS",
+                         param="model", provider=card.provider)
 
     def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
         llm_cards = [c for c in snapshot.cards if c.provider in self._upstreams]
@@ -215,21 +256,43 @@ class LlmProxy:
         return AistackError(ErrorKind.UNKNOWN, f"{provider} dropped the connection {where} ({error or type(error).__name__})",
                             provider=provider)
 
-    async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard, response: httpx.Response) -> AistackError:
+    async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard,
+                              response: httpx.Response) -> UpstreamRefused:
         status = response.status_code
-        message, _ = await error_message(response)
+        refusal = await read_refusal(response)
+        return UpstreamRefused(status, refusal, self._envelope_for(upstream, card, status, refusal,
+                                                                   response.headers.get("retry-after", "1")))
+
+    def _envelope_for(self, upstream: ChatUpstream, card: ModelCard, status: int, refusal: UpstreamRefusal,
+                      retry_after: str) -> AistackError:
+        message = refusal.message
         provider = upstream.provider
         if status == 404:
             fix = upstream.missing_model_fix(card.provider_model_id)
             hint = f"; to get it: `{fix}`" if fix else ""
             return AistackError(ErrorKind.NOT_FOUND, f"{provider}: {message}{hint}", provider=provider, param="model")
+        if refusal.invalid_request:
+            # A validation answer, even one sent as 500 (llama-cpp-python): the request is at fault.
+            return malformed(f"{provider} rejected the request: {message}", param=refusal.param, provider=provider)
         kind = {400: ErrorKind.MALFORMED, 401: ErrorKind.UNKNOWN, 403: ErrorKind.UNKNOWN, 413: ErrorKind.OVERFLOW,
                 422: ErrorKind.MALFORMED, 429: ErrorKind.BUSY, 503: ErrorKind.NETWORK, 504: ErrorKind.TIMEOUT}.get(
             status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
-        headers = {"Retry-After": response.headers.get("retry-after", "1")} if kind is ErrorKind.BUSY else None
+        headers = {"Retry-After": retry_after} if kind is ErrorKind.BUSY else None
         if status in (401, 403):
             message = f"{message} (the gateway's credentials for it were refused; check its api_key setting)"
-        return AistackError(kind, f"{provider} answered {status}: {message}", provider=provider, headers=headers)
+        param = refusal.param if kind is ErrorKind.MALFORMED else None
+        return AistackError(kind, f"{provider} answered {status}: {message}", provider=provider, headers=headers,
+                            param=param)
+
+
+class UpstreamRefused(Exception):
+    """An upstream's error answer before any of it was relayed: what it said, and the envelope for the client."""
+
+    def __init__(self, status: int, refusal: UpstreamRefusal, error: AistackError) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.refusal = refusal
+        self.error = error
 
 
 def sse_error(error: AistackError) -> bytes:
@@ -252,6 +315,33 @@ def _parse(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise malformed(f"the request body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(payload, dict):
         raise malformed("the request body must be a JSON object")
     return payload
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(payload).encode()
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> AistackError:
+    return malformed("the request body nests arrays or objects too deeply to parse (hundreds of levels); "
+                     "an OpenAI request needs a few: send its fields as the API reference gives them")
+
+
+def _developer_as_system(payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` with its `developer` messages sent as `system` (OpenAI's newer name for the same role)."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not any(_is_developer(message) for message in messages):
+        return payload
+    return {**payload, "messages": [{**message, "role": "system"} if _is_developer(message) else message
+                                    for message in messages]}
+
+
+def _is_developer(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "developer"
