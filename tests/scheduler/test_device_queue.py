@@ -1,13 +1,12 @@
 """DeviceQueue and Lease: slots, FIFO waiting, 503 busy with an estimated Retry-After, cancellation.
 
-Plain asyncio (`asyncio.run` per test); no engine, no HTTP. Timings are small (tens of ms) except
-where a test measures how long a slot was held.
+Plain asyncio (`asyncio.run` per test); no engine, no HTTP. Timings are small (tens of ms); where
+a test needs to know how long a slot was held, the queue reads a clock the test moves (`clock`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +15,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aistack.errors import AistackError, ErrorKind
+from aistack.scheduler import slots
 from aistack.scheduler.slots import DeviceQueue, Lease
+
+
+class SteppedClock:
+    """Stands for the `time` module in aistack.scheduler.slots: `monotonic()` moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    stepped = SteppedClock()
+    monkeypatch.setattr(slots, "time", stepped)
+    return stepped
 
 
 def run(test: Callable[[], Awaitable[Any]]) -> Any:
@@ -165,16 +182,13 @@ def test_waiting_longer_than_max_wait_is_busy() -> None:
     async def scenario() -> None:
         q = DeviceQueue("cpu", slots=1, queue_size=3, max_wait_s=0.05)
         held = await q.acquire("asr")
-        started = time.monotonic()
         with pytest.raises(AistackError) as caught:
             await q.acquire("asr")
-        elapsed = time.monotonic() - started
         assert_busy(caught.value)
         assert "0.05" in caught.value.message
-        assert 0.04 <= elapsed < 1.0
         assert q.queued == 0  # the timed-out waiter left the queue
-        assert q.timed_out == 1
-        assert q.rejected == 0
+        assert q.timed_out == 1  # it was queued and timed out ...
+        assert q.rejected == 0  # ... not turned away at the door
 
         # Its departure does not swallow the next release: a later waiter still gets the slot.
         later = asyncio.create_task(q.acquire("tts"))
@@ -352,13 +366,13 @@ def test_retry_after_grows_with_recorded_service_time() -> None:
     assert long > short
 
 
-def test_retry_after_grows_with_real_service_time() -> None:
-    """Leases really held about 0.2 s and about 1 s (side by side, so ~1 s in all)."""
+def test_retry_after_grows_with_the_time_a_lease_was_held(clock: SteppedClock) -> None:
+    """A lease acquired, held 0.25 s or 1 s on the queue's clock, and released as served."""
 
     async def measure(held_for: float) -> int:
         q = DeviceQueue("cpu", slots=1, queue_size=1, max_wait_s=5)
         lease = await q.acquire("x")
-        await asyncio.sleep(held_for)
+        clock.now += held_for
         lease.release(served=True)
         held, waiters = await _fill(q)
         answer = await _retry_after_when_full(q)
@@ -366,21 +380,20 @@ def test_retry_after_grows_with_real_service_time() -> None:
         return answer
 
     async def scenario() -> list[int]:
-        return list(await asyncio.gather(measure(0.2), measure(1.0)))
+        return [await measure(0.25), await measure(1.0)]
 
     short, long = run(scenario)
-    assert short <= 2  # ~0.4 s rounds up to 1 (2 only on a badly overloaded machine)
-    assert long >= 2  # ~2 s (a hair over: 3)
-    assert long > short
+    assert short == 1  # 0.25 s x 2 ahead / 1 slot = 0.5 s, rounded up
+    assert long == 2  # 1 s x 2 ahead / 1 slot
 
 
-def test_retry_after_grows_with_queued_work() -> None:
-    """The same recent service time (~0.3 s held for real); 1 vs 4 requests waiting."""
+def test_retry_after_grows_with_queued_work(clock: SteppedClock) -> None:
+    """The same recent service time (0.25 s on the queue's clock); 1 vs 4 requests waiting."""
 
     async def measure(queue_size: int) -> int:
         q = DeviceQueue("cpu", slots=1, queue_size=queue_size, max_wait_s=5)
         lease = await q.acquire("x")
-        await asyncio.sleep(0.3)
+        clock.now += 0.25
         lease.release(served=True)
         held, waiters = await _fill(q)
         answer = await _retry_after_when_full(q)
@@ -388,11 +401,11 @@ def test_retry_after_grows_with_queued_work() -> None:
         return answer
 
     async def scenario() -> list[int]:
-        return list(await asyncio.gather(measure(1), measure(4)))
+        return [await measure(1), await measure(4)]
 
     one_waiting, four_waiting = run(scenario)
-    assert one_waiting <= 2  # 0.3 s x 2 ahead = 0.6 s: 1 (2 only on a badly overloaded machine)
-    assert four_waiting >= 2  # 0.3 s x 5 ahead = 1.5 s: 2
+    assert one_waiting == 1  # 0.25 s x 2 ahead = 0.5 s: 1
+    assert four_waiting == 2  # 0.25 s x 5 ahead = 1.25 s: 2
     assert four_waiting > one_waiting
 
 
