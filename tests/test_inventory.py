@@ -9,8 +9,30 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from aistack import inventory as inventory_module
 from aistack.engines.base import BackendStatus, ModelCard
 from aistack.inventory import AUTO_ID, Inventory, Snapshot
+
+# A probe of a hung backend is given up after this; a healthy one (a thread returning at once)
+# must answer within it, so it is generous, not tight.
+PROBE_TIMEOUT_S = 1.0
+
+
+class SteppedClock:
+    """Stands for the `time` module in aistack.inventory: `monotonic()` moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
+    stepped = SteppedClock()
+    monkeypatch.setattr(inventory_module, "time", stepped)
+    return stepped
 
 
 def asr(model_id: str, provider: str = "faster-whisper", streaming: bool = True, created: int = 100, translate: bool = False) -> ModelCard:
@@ -115,7 +137,8 @@ def test_a_hung_probe_does_not_stall_the_listing():
     hung = HungBackend("ollama", release)
     healthy = StaticBackend("faster-whisper", (asr("whisper-small"),))
     try:
-        snapshot = asyncio.run(_snapshot_then_release(Inventory([hung, healthy], probe_timeout_s=0.2, ttl_s=60), release, hung))
+        snapshot = asyncio.run(_snapshot_then_release(Inventory([hung, healthy], probe_timeout_s=PROBE_TIMEOUT_S, ttl_s=60),
+                                                      release, hung))
     finally:
         release.set()
     # The listing came back while the hung probe was still blocked (it was released only afterwards).
@@ -124,7 +147,7 @@ def test_a_hung_probe_does_not_stall_the_listing():
     assert status.cards == ()
     (why,) = status.unavailable
     assert why.subject == "ollama"
-    assert "did not answer within 0.2 s" in why.reason
+    assert f"did not answer within {PROBE_TIMEOUT_S:g} s" in why.reason
     assert why.fix
     assert status.capability == "asr"
     assert status_of(snapshot, "faster-whisper").unavailable == ()
@@ -135,7 +158,7 @@ def test_a_probe_that_stops_answering_names_the_models_it_served_last():
     release = threading.Event()
     release.set()
     backend = HungBackend("qwen3-tts", release)
-    inventory = Inventory([backend], probe_timeout_s=0.2, ttl_s=0)
+    inventory = Inventory([backend], probe_timeout_s=PROBE_TIMEOUT_S, ttl_s=0)
 
     async def scenario() -> Snapshot:
         first = await inventory.snapshot()
@@ -151,7 +174,7 @@ def test_a_probe_that_stops_answering_names_the_models_it_served_last():
     assert {m.subject for m in status_of(snapshot, "qwen3-tts").unavailable} == {"qwen3-tts", "hung-model"}
     error = snapshot.unknown_model_error("hung-model", "pick another")
     assert error.status_code == 503 and error.kind.value == "network" and error.provider == "qwen3-tts"
-    assert "did not answer within 0.2 s" in error.message
+    assert f"did not answer within {PROBE_TIMEOUT_S:g} s" in error.message
     assert snapshot.unknown_model_error("never-seen", "pick another").status_code == 404
 
 
@@ -177,15 +200,16 @@ def test_a_raising_probe_is_reported_with_its_reason():
 # ----------------------------------------------------------------------------- caching
 
 
-def test_results_are_cached_within_the_ttl_and_refreshed_after():
+def test_results_are_cached_within_the_ttl_and_refreshed_after(clock: SteppedClock):
     backend = StaticBackend("faster-whisper", (asr("whisper-small"),))
-    inventory = Inventory([backend], probe_timeout_s=1, ttl_s=0.3)
+    inventory = Inventory([backend], probe_timeout_s=PROBE_TIMEOUT_S, ttl_s=0.3)
 
     async def scenario():
         first = await inventory.snapshot()
+        clock.now += 0.29
         second = await inventory.snapshot()
         assert second is first and backend.calls == 1
-        await asyncio.sleep(0.35)
+        clock.now += 0.02  # 0.31 s after the first probe: past the TTL
         third = await inventory.snapshot()
         assert third is not first and backend.calls == 2
         assert third.taken_at > first.taken_at
@@ -196,21 +220,30 @@ def test_results_are_cached_within_the_ttl_and_refreshed_after():
     asyncio.run(scenario())
 
 
-def test_a_request_may_take_a_stale_listing_while_it_is_refreshed():
-    backend = SlowBackend("faster-whisper", (asr("whisper-small"),), delay=0.3)
-    inventory = Inventory([backend], probe_timeout_s=2, ttl_s=0.05)
+def test_a_request_may_take_a_stale_listing_while_it_is_refreshed(clock: SteppedClock):
+    release = threading.Event()
+    release.set()
+    backend = HungBackend("faster-whisper", release)
+    inventory = Inventory([backend], probe_timeout_s=30, ttl_s=0.05)
 
-    async def scenario() -> tuple[Snapshot, Snapshot, float, Snapshot]:
+    async def scenario() -> tuple[Snapshot, Snapshot, Snapshot]:
         first = await inventory.snapshot()
-        await asyncio.sleep(0.1)  # past the TTL
-        started = time.monotonic()
+        release.clear()
+        backend.entered.clear()
+        clock.now += 0.1  # past the TTL
         stale = await inventory.snapshot(allow_stale=True)
-        waited = time.monotonic() - started
+        # The refresh it started is under way and held: the stale listing came without waiting for it.
+        assert await asyncio.to_thread(backend.entered.wait, 10)
+        assert not release.is_set()
+        release.set()
         fresh = await inventory.snapshot()  # joins the refresh that the stale read started
-        return first, stale, waited, fresh
+        return first, stale, fresh
 
-    first, stale, waited, fresh = asyncio.run(scenario())
-    assert stale is first and waited < 0.1
+    try:
+        first, stale, fresh = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert stale is first
     assert fresh is not first and fresh.taken_at > first.taken_at
     assert backend.calls == 2
 
@@ -241,27 +274,33 @@ def test_concurrent_callers_share_one_refresh():
 
 
 def test_a_caller_that_gives_up_does_not_cancel_the_shared_refresh():
-    backend = SlowBackend("faster-whisper", (asr("whisper-small"),), delay=0.2)
-    inventory = Inventory([backend], probe_timeout_s=2, ttl_s=60)
+    release = threading.Event()
+    backend = HungBackend("faster-whisper", release)
+    inventory = Inventory([backend], probe_timeout_s=30, ttl_s=60)
 
     async def scenario():
         impatient = asyncio.create_task(inventory.snapshot())
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(backend.entered.wait, 10)  # its refresh is probing, held
         patient = asyncio.create_task(inventory.snapshot())
+        await asyncio.sleep(0)  # the patient caller joins the refresh
         impatient.cancel()
+        release.set()
         snapshot = await patient
         assert impatient.cancelled()
         return snapshot
 
-    snapshot = asyncio.run(scenario())
-    assert [c.id for c in snapshot.cards] == ["whisper-small"] and backend.calls == 1
+    try:
+        snapshot = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert [c.id for c in snapshot.cards] == ["hung-model"] and backend.calls == 1
 
 
 def test_a_permanently_hung_backend_does_not_eventually_hide_the_others():
     release = threading.Event()
     hung = HungBackend("ollama", release)
     healthy = StaticBackend("faster-whisper", (asr("whisper-small"),))
-    inventory = Inventory([hung, healthy], probe_timeout_s=0.1, ttl_s=0)
+    inventory = Inventory([hung, healthy], probe_timeout_s=PROBE_TIMEOUT_S / 2, ttl_s=0)
 
     async def scenario():
         # A small default executor stands for the real one (min(32, cpus + 4) threads) filling up.
