@@ -140,7 +140,7 @@ def test_speed_scales_the_duration(tts_gateway: Gateway, speed: float) -> None:
 
 @pytest.mark.parametrize("response_format", ["mp3", "pcm"])
 def test_sse_deltas_are_the_non_streamed_audio(tts_gateway: Gateway, direct_seconds, response_format: str) -> None:
-    whole = speak(tts_gateway, input=THREE_SENTENCES, response_format=response_format)
+    whole = speak(tts_gateway, input=THREE_SENTENCES, response_format=response_format, whole_file=True)
     streamed = speak(tts_gateway, input=THREE_SENTENCES, response_format=response_format, stream_format="sse")
     assert whole.status_code == 200 and streamed.status_code == 200, streamed.text
     assert streamed.headers["content-type"].startswith("text/event-stream")
@@ -155,7 +155,7 @@ def test_sse_deltas_are_the_non_streamed_audio(tts_gateway: Gateway, direct_seco
 
 
 def test_audio_stream_is_chunked_and_is_the_same_speech(tts_gateway: Gateway) -> None:
-    whole = speak(tts_gateway, input=THREE_SENTENCES, response_format="pcm")
+    whole = speak(tts_gateway, input=THREE_SENTENCES, response_format="pcm", whole_file=True)
     pieces = []
     with tts_gateway.client() as client, client.stream(
         "POST", "/v1/audio/speech",

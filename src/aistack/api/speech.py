@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from ..audio.encode import SPEECH_MEDIA_TYPES, SpeechEncoder, encode_speech
-from ..engines.base import PcmChunk
-from ..errors import AistackError, ErrorKind, malformed
-from ..services.speech import SpeechPlan
-from ..services.transcription import sse_event
+from ..audio.encode import SPEECH_MEDIA_TYPES, SpeechEncoder
+from ..errors import malformed
+from ..scheduler import Lease
+from ..services.speech import Primed, SpeechPlan, SpeechService, audio_events, audio_stream, whole_audio
 from .deps import RuntimeDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end
 
@@ -24,6 +20,14 @@ router = APIRouter(tags=["audio"])
 
 # Qwen3-TTS's own request fields, passed through untouched to the engine that understands them.
 EXTENSION_FIELDS = ("task_type", "language", "ref_audio", "ref_text", "max_new_tokens")
+# Proxies that buffer responses would undo the streaming.
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class VoiceReference(BaseModel):
+    """The OpenAI SDK's custom-voice form, `{"id": "..."}`."""
+
+    id: str
 
 
 class SpeechRequest(BaseModel):
@@ -31,12 +35,17 @@ class SpeechRequest(BaseModel):
 
     model: str | None = Field(None, description="A TTS model id, or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default.")
     input: str = Field(description="The text to speak.")
-    voice: str | None = Field(None, description="An engine voice, or an OpenAI voice name (alloy, echo, ...).")
+    voice: str | VoiceReference | None = Field(
+        None, description='An engine voice, an alias, or an OpenAI voice name (alloy, echo, ...); as a string or as {"id": ...}.'
+    )
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     instructions: str | None = None
     stream_format: Literal["audio", "sse"] | None = Field(
-        None, description="audio: encoded audio as it is made (chunked); sse: base64 deltas. Absent: one whole file."
+        None, description="audio (also when absent): encoded audio as it is made, chunked; sse: base64 deltas."
+    )
+    whole_file: bool = Field(
+        False, description="aistack extension: true answers one whole file with a Content-Length once synthesis has ended."
     )
     task_type: str | None = None
     language: str | None = None
@@ -44,44 +53,56 @@ class SpeechRequest(BaseModel):
     ref_text: str | None = None
     max_new_tokens: int | None = Field(None, ge=1)
 
+    @property
+    def voice_name(self) -> str | None:
+        return self.voice.id if isinstance(self.voice, VoiceReference) else self.voice
+
+    # Checked before the union is tried, so that a wrong form gets one message saying what to send.
+    @field_validator("voice", mode="before")
+    @classmethod
+    def _voice_name(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            return value
+        if isinstance(value, dict):
+            problem = 'an object whose "id" is not a string' if "id" in value else 'an object without an "id"'
+        else:
+            problem = f"a JSON {_json_type(value)}"
+        raise PydanticCustomError(
+            "voice_form",
+            'got {problem}; send a voice name as a string ("alloy", "en_US-joe-medium") or as an object {{"id": "en_US-joe-medium"}}',
+            {"problem": problem},
+        )
+
 
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request, runtime: RuntimeDep) -> Response:
-    limit = runtime.settings.tts.max_input_chars
-    if not body.input.strip():
-        raise malformed("input is empty; send the text to speak", param="input")
-    if len(body.input) > limit:
-        raise AistackError(
-            ErrorKind.OVERFLOW,
-            f"input has {len(body.input)} characters, over the {limit} limit; split the text or raise AISTACK_TTS__MAX_INPUT_CHARS",
-            param="input",
+    if body.whole_file and body.stream_format is not None:
+        raise malformed(
+            f"whole_file asks for one file after synthesis, stream_format '{body.stream_format}' for a stream; send one of them",
+            param="whole_file",
         )
     service = runtime.speech
+    service.check_input(body.input)
     card = await service.select(body.model)
     extra = {name: getattr(body, name) for name in EXTENSION_FIELDS if getattr(body, name) is not None}
-    plan = service.plan(card, body.voice, body.speed, body.instructions, extra)
-    leases = []
-
-    def hold(lease) -> None:
-        leases.append(lease)
-        at_request_end(request.scope, lease.abandon)
-
-    chunks = await until_disconnected(request, service.start(plan, body.input, on_lease=hold))
-    at_request_end(request.scope, chunks.aclose)  # type: ignore[attr-defined]
-    headers = {MODEL_HEADER: card.id}
-    if leases:
-        headers[SLOT_WAIT_HEADER] = f"{leases[0].waited_s * 1000:.0f}"
-    if body.stream_format == "sse":
-        return StreamingResponse(
-            cancellable_body(request, _sse(chunks, plan, body.response_format, len(body.input))),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    plan = service.plan(card, body.voice_name, body.speed, body.instructions, extra)
     media_type = SPEECH_MEDIA_TYPES[body.response_format]
-    if body.stream_format == "audio":
-        return StreamingResponse(cancellable_body(request, _encoded(SpeechEncoder(body.response_format, plan.stretch), chunks)), media_type=media_type, headers=headers)
-    audio = await until_disconnected(request, _whole(chunks, plan, body.response_format))
-    return Response(audio, media_type=media_type, headers=headers)
+    if body.whole_file:
+        chunks, headers = await _start(request, service, plan, body.input)
+        audio = await until_disconnected(request, whole_audio(chunks, body.response_format, plan.stretch))
+        return Response(audio, media_type=media_type, headers=headers)
+    # Made before synthesis starts, so that a missing encoder is an error status rather than a cut stream.
+    encoder = SpeechEncoder(body.response_format, plan.stretch)
+    chunks, headers = await _start(request, service, plan, body.input)
+    if body.stream_format == "sse":
+        events = audio_events(chunks, encoder, len(body.input))
+        return StreamingResponse(cancellable_body(request, events), media_type="text/event-stream",
+                                 headers={**headers, **_STREAM_HEADERS})
+    # OpenAI's default stream_format is "audio": the file goes out as it is made.
+    return StreamingResponse(cancellable_body(request, audio_stream(chunks, encoder)), media_type=media_type,
+                             headers={**headers, **_STREAM_HEADERS})
 
 
 @router.get("/v1/audio/voices")
@@ -96,31 +117,21 @@ async def list_audio_models(runtime: RuntimeDep) -> dict[str, Any]:
     return {"models": [{"id": card.id} for card in await runtime.speech.models()]}
 
 
-async def _whole(chunks: AsyncIterator[PcmChunk], plan: SpeechPlan, response_format: str) -> bytes:
-    async with aclosing(chunks) as pcm:  # type: ignore[type-var]
-        collected = [chunk async for chunk in pcm]
-    return await asyncio.to_thread(encode_speech, collected, response_format, plan.stretch)
+async def _start(request: Request, service: SpeechService, plan: SpeechPlan, text: str) -> tuple[Primed, dict[str, str]]:
+    """The synthesis past its first sound, stopped when the request ends, and the headers that say how it was served."""
+    leases: list[Lease] = []
+
+    def hold(lease: Lease) -> None:
+        leases.append(lease)
+        at_request_end(request.scope, lease.abandon)
+
+    chunks = await until_disconnected(request, service.start(plan, text, on_lease=hold))
+    at_request_end(request.scope, chunks.aclose)
+    headers = {MODEL_HEADER: plan.card.id}
+    if leases:
+        headers[SLOT_WAIT_HEADER] = f"{leases[0].waited_s * 1000:.0f}"
+    return chunks, headers
 
 
-async def _encoded(encoder: SpeechEncoder, chunks: AsyncIterator[PcmChunk]) -> AsyncIterator[bytes]:
-    async with aclosing(chunks) as pcm:  # type: ignore[type-var]
-        async for chunk in pcm:
-            data = await asyncio.to_thread(encoder.feed, chunk)
-            if data:
-                yield data
-    tail = await asyncio.to_thread(encoder.finish)
-    if tail:
-        yield tail
-
-
-async def _sse(chunks: AsyncIterator[PcmChunk], plan: SpeechPlan, response_format: str, characters: int) -> AsyncIterator[bytes]:
-    encoder = SpeechEncoder(response_format, plan.stretch)
-    try:
-        async with aclosing(_encoded(encoder, chunks)) as encoded:
-            async for data in encoded:
-                yield sse_event("speech.audio.delta", {"audio": base64.b64encode(data).decode("ascii")})
-    except AistackError as error:
-        yield sse_event("error", error.envelope())
-        return
-    usage = {"input_characters": characters, "output_audio_seconds": round(encoder.output_seconds, 3)}
-    yield sse_event("speech.audio.done", {"usage": usage})
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "array"}.get(type(value), type(value).__name__)

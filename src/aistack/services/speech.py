@@ -9,6 +9,8 @@ slot on their device; upstream servers schedule themselves unless configured to 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -16,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..audio.encode import SpeechEncoder, encode_speech
 from ..engines.base import (
     Backend,
     ModelCard,
@@ -32,6 +35,7 @@ from ..scheduler import Lease, Scheduler
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import TtsSettings
 from .claims import claim
+from .transcription import sse_event
 
 log = logging.getLogger("aistack.speech")
 
@@ -83,7 +87,24 @@ class SpeechService:
         snapshot = await self._inventory.snapshot()
         return _tts_cards(snapshot)
 
+    def check_input(self, text: str) -> None:
+        """Refuse text no engine can speak before a slot is taken for it."""
+        if not text.strip():
+            raise malformed("input is empty; send the text to speak", param="input")
+        limit = self._settings.max_input_chars
+        if len(text) > limit:
+            raise AistackError(
+                ErrorKind.OVERFLOW,
+                f"input has {len(text)} characters, over the {limit} limit; split the text or raise AISTACK_TTS__MAX_INPUT_CHARS",
+                param="input",
+            )
+        problem = _not_text(text)
+        if problem is not None:
+            raise malformed(f"input {problem}; send the text to speak as plain Unicode text", param="input")
+
     async def select(self, model: str | None) -> ModelCard:
+        if model is not None and (problem := _not_text(model)) is not None:
+            raise malformed(f"model {problem}; send a text-to-speech model id such as tts-1", param="model")
         snapshot = await self._inventory.snapshot(allow_stale=True)
         if (model is not None and model not in OPENAI_TTS_MODELS and snapshot.card(model) is None
                 and time.monotonic() - snapshot.taken_at > self._inventory.ttl_s):
@@ -189,6 +210,9 @@ class SpeechService:
         known = [v.id for v in catalog.voices(card)]
         if voice is None:
             return catalog.default_voice(card)
+        problem = _not_text(voice)
+        if problem is not None:
+            raise malformed(f"voice {problem}; send a voice name such as alloy or {catalog.default_voice(card)}", param="voice")
         by_lower = {name.lower(): name for name in known}
         if voice.lower() in by_lower:  # voice names are not case-sensitive (vLLM-Omni lowercases them too)
             return by_lower[voice.lower()]
@@ -203,6 +227,51 @@ class SpeechService:
 
 def _tts_cards(snapshot: Snapshot) -> list[ModelCard]:
     return [c for c in snapshot.cards if "tts" in c.capabilities]
+
+
+def _not_text(value: str) -> str | None:
+    """What makes `value` unusable as text, or None. JSON's `\\udcff` escapes decode to lone surrogates,
+    which cannot be encoded to UTF-8 (so no engine or error message can carry them), and C libraries
+    such as the phonemizers engines call refuse a string with a NUL inside."""
+    for position, character in enumerate(value):
+        code = ord(character)
+        if 0xD800 <= code <= 0xDFFF:
+            return f"has a lone surrogate (U+{code:04X}) at character {position}, which is not a character"
+        if code == 0:
+            return f"has a NUL character (U+0000) at character {position}"
+    return None
+
+
+async def audio_stream(chunks: AsyncIterator[PcmChunk], encoder: SpeechEncoder) -> AsyncIterator[bytes]:
+    """The encoded audio, each part as soon as the encoder has it; closing this stops the synthesis."""
+    async with aclosing(chunks) as pcm:  # type: ignore[type-var]
+        async for chunk in pcm:
+            data = await asyncio.to_thread(encoder.feed, chunk)
+            if data:
+                yield data
+    tail = await asyncio.to_thread(encoder.finish)
+    if tail:
+        yield tail
+
+
+async def whole_audio(chunks: AsyncIterator[PcmChunk], response_format: str, stretch: float) -> bytes:
+    """The whole file once synthesis has ended; a WAV then states its real sizes."""
+    async with aclosing(chunks) as pcm:  # type: ignore[type-var]
+        collected = [chunk async for chunk in pcm]
+    return await asyncio.to_thread(encode_speech, collected, response_format, stretch)
+
+
+async def audio_events(chunks: AsyncIterator[PcmChunk], encoder: SpeechEncoder, characters: int) -> AsyncIterator[bytes]:
+    """OpenAI's `stream_format: "sse"`: base64 deltas, then the usage; a failure mid-way is an `error` event."""
+    try:
+        async with aclosing(audio_stream(chunks, encoder)) as encoded:
+            async for data in encoded:
+                yield sse_event("speech.audio.delta", {"audio": base64.b64encode(data).decode("ascii")})
+    except AistackError as error:
+        yield sse_event("error", error.envelope())
+        return
+    usage = {"input_characters": characters, "output_audio_seconds": round(encoder.output_seconds, 3)}
+    yield sse_event("speech.audio.done", {"usage": usage})
 
 
 class Primed:
