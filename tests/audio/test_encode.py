@@ -155,6 +155,21 @@ def test_streamed_wav_has_unknown_sizes_and_still_decodes() -> None:
     assert decoded_seconds(streamed, "wav") == pytest.approx(SECONDS, rel=0.01)
 
 
+def test_streamed_wav_header_is_openais_and_wave_reads_it_to_the_end() -> None:
+    # What OpenAI streams: RIFF and data sizes 0xFFFFFFFF, PCM, mono, 24 kHz, 48000 bytes/s, 2-byte frames, 16 bits.
+    openai_header = bytes.fromhex("52494646ffffffff57415645666d7420100000000100010"
+                                  "0c05d000080bb00000200100064617461ffffffff")
+    encoder = SpeechEncoder("wav")
+    streamed = b"".join(encoder.feed(chunk) for chunk in as_chunks(chirp())) + encoder.finish()
+
+    assert streamed[:44] == openai_header
+    with wave.open(io.BytesIO(streamed)) as reader:
+        assert (reader.getnchannels(), reader.getsampwidth(), reader.getframerate()) == (1, 2, OUTPUT_SAMPLE_RATE)
+        frames = reader.readframes(reader.getnframes())
+    assert frames == streamed[44:]
+    assert len(frames) / 2 / OUTPUT_SAMPLE_RATE == pytest.approx(SECONDS, rel=0.01)
+
+
 def test_whole_wav_states_its_real_sizes() -> None:
     data = encode_speech(as_chunks(chirp()), "wav")
 
