@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 
 import av
 import httpx
@@ -110,13 +109,17 @@ def test_listed_with_tts_capability_only_while_health_answers_200(double, gatewa
 
 @pytest.mark.parametrize("mode", ["503", "refuse"])
 def test_slow_start_is_not_listed_then_listed_and_served(double, gateway_for, mode: str) -> None:
-    server = double(warmup_s=1.0, warmup_mode=mode)
+    # "503": warm until the test ends it below. "refuse": the double listens only after warmup_s, which
+    # it reads once at start; long enough that the gateway surely starts and asks before that.
+    server = double(warmup_s=3600 if mode == "503" else 8, warmup_mode=mode)
     gateway = gateway_for(server)
     with gateway.client(timeout=10) as client:
         assert listed(client) == (False, False)
         error = assert_envelope(speech(client), 503, "network")
         assert COMPOSE_COMMAND in error["message"]
-        assert wait_until(lambda: listed(client) == (True, True), timeout=5)
+        if mode == "503":
+            server.warmup_s = 0  # warmed up
+        assert wait_until(lambda: listed(client) == (True, True), timeout=30)
         response = speech(client, response_format="wav")
         assert response.status_code == 200, response.text
         assert decoded_seconds(response.content) > 0.5
@@ -236,9 +239,11 @@ def test_upstream_rejection_is_400_with_its_own_words(double, gateway_for) -> No
 
 
 def test_stream_format_audio_relays_chunks_as_they_come(double, gateway_for) -> None:
-    server = double(chunk_interval_s=0.15, chunk_seconds=0.2)
+    server = double(chunk_interval_s=0.5, chunk_seconds=0.2)
     gateway = gateway_for(server)
-    text = "Six chunks of audio, one at a time."  # 1.4 s of audio in 7 chunks, about 1 s to send
+    # 1.4 s of audio in 7 chunks, 0.5 s apart: 3 s from the first chunk to the last, so the upstream is
+    # surely still sending when the client holds the first bytes.
+    text = "Six chunks of audio, one at a time."
     with gateway.client(timeout=30) as client:
         with client.stream("POST", "/v1/audio/speech", json={"model": MODEL, "input": text, "voice": "vivian",
                                                              "response_format": "wav", "stream_format": "audio"}) as response:
@@ -289,12 +294,12 @@ def test_upstream_500_is_the_envelope_with_its_message(double, gateway_for) -> N
 
 
 def test_hung_upstream_past_the_read_timeout_is_504(double, gateway_for) -> None:
-    server = double(fault="hang", max_hang_s=5)
+    # The upstream hangs far longer than the gateway's read timeout, and the client waits longer still:
+    # only the gateway's own timeout can end the request with a 504.
+    server = double(fault="hang", max_hang_s=60)
     gateway = gateway_for(server, read_timeout_s=0.4)
-    with gateway.client(timeout=10) as client:
-        started = time.monotonic()
+    with gateway.client(timeout=30) as client:
         error = assert_envelope(speech(client), 504, "timeout")
-        assert time.monotonic() - started < 3
     assert "did not answer within 0.4 s" in error["message"]
     assert "AISTACK_TTS__QWEN3__READ_TIMEOUT_S" in error["message"]
     call = server.speech_calls[0]
@@ -305,9 +310,9 @@ def test_drop_mid_stream_fails_each_response_kind_and_the_gateway_keeps_serving(
     server = double(chunk_seconds=0.2)
     gateway = gateway_for(server)
     with gateway.client(timeout=10) as client:
-        # A whole response: the envelope.
+        # A whole file: the envelope.
         server.queue_fault("drop")
-        error = assert_envelope(speech(client, PARAGRAPH, response_format="wav"), 500, "unknown")
+        error = assert_envelope(speech(client, PARAGRAPH, response_format="wav", whole_file=True), 500, "unknown")
         assert "dropped the connection" in error["message"]
 
         # SSE: an error event in place of done.
@@ -340,7 +345,8 @@ def test_drop_mid_stream_fails_each_response_kind_and_the_gateway_keeps_serving(
 
 
 def test_client_that_leaves_mid_stream_closes_the_upstream_request(double, gateway_for) -> None:
-    server = double(chunk_interval_s=0.1, chunk_seconds=0.1)  # 4.6 s of audio in 46 chunks: about 5 s to send
+    # 4.6 s of audio in 46 chunks, 0.5 s apart: about 23 s to send, so it is surely still sending when the client leaves.
+    server = double(chunk_interval_s=0.5, chunk_seconds=0.1)
     gateway = gateway_for(server)
     with gateway.client(timeout=10) as client:
         with client.stream("POST", "/v1/audio/speech", json={"model": MODEL, "input": PARAGRAPH, "voice": "vivian",
@@ -350,13 +356,12 @@ def test_client_that_leaves_mid_stream_closes_the_upstream_request(double, gatew
             assert next(parts)
             call = server.speech_calls[0]
             # While the client holds the connection, the relay goes on.
-            assert wait_until(lambda: call.audio_bytes_sent >= 3 * 4800, timeout=5)
+            assert wait_until(lambda: call.audio_bytes_sent >= 3 * 4800, timeout=15)
             assert call.outcome == "pending"
             parts.close()  # the client leaves: its connection is closed with the body unread
-        left_at = time.monotonic()
-        assert call.done.wait(5)
+        # Ended by the gateway hanging up, well before the double would have sent the rest.
+        assert call.done.wait(15)
         assert call.client_gone, call.outcome
-        assert time.monotonic() - left_at < 1.5
         assert call.finished_at is None and call.audio_bytes_sent < call.audio_bytes_total
         # The gateway serves the next request.
         response = speech(client, "Hi.", response_format="pcm")
