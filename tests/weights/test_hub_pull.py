@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -230,9 +229,7 @@ def test_a_file_kept_in_git_is_checked_against_its_blob_sha1(hub: HubDouble, cac
 def test_an_already_complete_model_is_a_quick_no_op(hub: HubDouble, cache: Path) -> None:
     first = make_puller(cache, hub.url).pull("silero-vad")
     before = len(hub.requests)
-    started = time.monotonic()
     second = make_puller(cache, hub.url).pull("silero-vad")
-    assert time.monotonic() - started < 0.5
     assert second.already_complete and second.commit == first.commit and second.path == first.path
     assert len(hub.requests) == before  # not even the listing
 
@@ -369,23 +366,39 @@ def test_a_stalled_body_times_out_and_resumes(hub: HubDouble, cache: Path) -> No
 
 
 def test_concurrent_pulls_of_one_model_wait_for_each_other(hub: HubDouble, cache: Path) -> None:
-    hub.queue_fault("silero_vad.onnx", "slow", chunk=200_000, delay=0.05)
     notes: list[str] = []
     results = []
     errors = []
+    first_pulling = threading.Event()
+    second_waiting = threading.Event()
 
-    def run() -> None:
+    def first_notes(message: str) -> None:
+        notes.append(message)
+        if message.startswith("pulling silero-vad"):  # said with the lock held, before downloading
+            first_pulling.set()
+            assert second_waiting.wait(30), "the second pull never waited for the first"
+
+    def second_notes(message: str) -> None:
+        notes.append(message)
+        if message.startswith("waiting for another pull"):
+            second_waiting.set()
+
+    def run(notify) -> None:
         try:
-            results.append(make_puller(cache, hub.url, notes).pull("silero-vad"))
+            puller = make_puller(cache, hub.url)
+            puller.notify = notify
+            results.append(puller.pull("silero-vad"))
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
+    # The first pull holds the lock until the second has said it waits for it: order by events, not by time.
+    threads = [threading.Thread(target=run, args=(first_notes,))]
+    threads[0].start()
+    assert first_pulling.wait(30)
+    threads.append(threading.Thread(target=run, args=(second_notes,)))
+    threads[1].start()
     for thread in threads:
-        thread.start()
-        time.sleep(0.1)
-    for thread in threads:
-        thread.join(30)
+        thread.join(60)
     assert not errors and len(results) == 2
     assert sorted(r.already_complete for r in results) == [False, True]
     assert any(f"waiting for another pull of silero-vad (PID {os.getpid()})" in note for note in notes)
