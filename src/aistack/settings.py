@@ -29,7 +29,16 @@ class WhisperSettings(BaseModel):
     compute_type: str = "int8"
     cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 pick.")
     beam_size: int = Field(5, ge=1, le=16)
-    vad_filter: bool = False
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1,
+        description="Silero VAD's speech probability threshold; audio with no speech above it is an empty transcript, not decoded.",
+    )
+    max_piece_s: float = Field(
+        10.0, ge=2, le=30,
+        description="Speech is decoded in pieces of at most this long, cut at pauses; a client that leaves stops "
+        "the engine within one piece.",
+    )
+    vad_filter: bool = Field(False, description="Also cut the pauses inside each piece out before decoding it.")
 
     @field_validator("default_size")
     @classmethod

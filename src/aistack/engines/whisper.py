@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,10 +55,22 @@ def card_for(spec: WhisperModelSpec, created: int = 0) -> ModelCard:
 
 
 class WhisperTranscriber:
+    """Decodes speech in pieces cut by Silero VAD, each bounded in length and in tokens.
+
+    Whisper decodes a 30 s window in one go, retries it at up to six temperatures, and on silence
+    or noise may loop until its 448-token context is full. Here audio without speech costs one VAD
+    pass and no decoding; speech is cut at pauses into pieces of at most `max_piece_s`, each
+    decoded on its own with a token bound from its length, so the scheduler's stop check between
+    segments lands within one piece; a piece whose output loops or outgrows its bound is cut off.
+    """
+
     def __init__(self, card: ModelCard, model: Any, settings: WhisperSettings) -> None:
         self.card = card
         self._model = model
         self._settings = settings
+        tokenizer = getattr(model, "hf_tokenizer", None)
+        # Timestamps and control tokens come after end-of-text; only the tokens before it are words.
+        self._end_of_text = (tokenizer.token_to_id("<|endoftext|>") if tokenizer is not None else None) or 50257
 
     def close(self) -> None:
         """Free the CTranslate2 weights now rather than whenever the last reference goes."""
@@ -68,44 +82,199 @@ class WhisperTranscriber:
     def transcribe(
         self, audio: np.ndarray, options: TranscribeOptions
     ) -> tuple[TranscriptionInfo, Iterator[Segment]]:
+        duration = audio.shape[0] / SAMPLE_RATE
         language = WHISPER_CODE_FOR_ISO.get(options.language, options.language) if options.language else None
+        pieces = speech_pieces(audio, self._settings.vad_threshold, self._settings.max_piece_s)
+        if not pieces:
+            # Nothing to decode; the language is the one asked for (English when none was).
+            silent = ISO_FOR_WHISPER_CODE.get(language, language) if language else "en"
+            return TranscriptionInfo(language=silent, duration=duration, language_probability=None), iter(())
+        prompt = usable_prompt(options.prompt)
+        first, info = self._decode(audio, pieces[0], language, prompt, options)
+        detected = ISO_FOR_WHISPER_CODE.get(info.language, info.language)
+        return (
+            TranscriptionInfo(language=detected, duration=duration, language_probability=info.language_probability),
+            self._segments(audio, pieces, first, info.language, prompt, options),
+        )
+
+    def _decode(
+        self, audio: np.ndarray, piece: tuple[int, int], language: str | None, prompt: str | None, options: TranscribeOptions
+    ) -> tuple[Iterator[Any], Any]:
+        start, end = piece
         segments, info = self._model.transcribe(
-            audio,
+            audio[start:end],
             language=language,
             task=options.task,
-            initial_prompt=options.prompt or None,
+            initial_prompt=prompt,
             temperature=options.temperature if options.temperature is not None else list(DEFAULT_TEMPERATURES),
             word_timestamps=options.word_timestamps,
             beam_size=self._settings.beam_size,
             vad_filter=self._settings.vad_filter,
+            max_new_tokens=token_bound((end - start) / SAMPLE_RATE),
         )
-        detected = ISO_FOR_WHISPER_CODE.get(info.language, info.language)
-        return (
-            TranscriptionInfo(language=detected, duration=float(info.duration), language_probability=info.language_probability),
-            _convert(segments),
-        )
+        return segments, info
+
+    def _segments(
+        self,
+        audio: np.ndarray,
+        pieces: list[tuple[int, int]],
+        first: Iterator[Any],
+        language: str,
+        prompt: str | None,
+        options: TranscribeOptions,
+    ) -> Iterator[Segment]:
+        index = 0
+        previous: list[str] = []  # what the last piece said: the next one is conditioned on it
+        for number, piece in enumerate(pieces):
+            decoded = first if number == 0 else self._decode(audio, piece, language, _condition(prompt, previous), options)[0]
+            said: list[str] = []
+            bound = token_bound((piece[1] - piece[0]) / SAMPLE_RATE)
+            spent = 0
+            try:
+                for raw in decoded:
+                    words = [t for t in raw.tokens if t < self._end_of_text]
+                    spent += len(words)
+                    if spent > bound or token_loop(words) or _repeats(said, raw.text):
+                        log.warning("%s: cut a runaway decode of the piece at %.1f-%.1f s (%d tokens, bound %d)",
+                                    self.card.id, piece[0] / SAMPLE_RATE, piece[1] / SAMPLE_RATE, spent, bound)
+                        said = []  # a runaway piece is no context for the next one
+                        break
+                    said.append(raw.text)
+                    yield _convert(raw, index, piece)
+                    index += 1
+                previous = said
+            finally:
+                close = getattr(decoded, "close", None)
+                if close is not None:
+                    close()
 
 
-def _convert(segments: Iterator[Any]) -> Iterator[Segment]:
-    try:
-        for index, s in enumerate(segments):
-            yield Segment(
-                id=index,
-                seek=s.seek,
-                start=float(s.start),
-                end=float(s.end),
-                text=s.text,
-                tokens=tuple(s.tokens),
-                temperature=s.temperature,
-                avg_logprob=s.avg_logprob,
-                compression_ratio=s.compression_ratio,
-                no_speech_prob=s.no_speech_prob,
-                words=tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in (s.words or ())),
-            )
-    finally:
-        close = getattr(segments, "close", None)
-        if close is not None:
-            close()
+SAMPLE_RATE = 16_000
+HOP = 160  # samples per mel frame: Whisper's `seek` counts these
+# Fast speech is about 3 words a second, a word one to three tokens in most languages; the floor
+# leaves room for a short utterance's punctuation.
+TOKENS_PER_SECOND = 12
+TOKENS_FLOOR = 16
+# Whisper's context is 448 tokens and faster-whisper lets a prompt take up to 228 of them.
+MAX_NEW_TOKENS = 448 - 228
+# A token n-gram (up to this long) repeated back to back this often, over this many tokens, is a loop.
+LOOP_MAX_NGRAM = 12
+LOOP_MIN_REPEATS = 4
+LOOP_MIN_TOKENS = 20
+# The same segment text this many times in a row is a loop.
+REPEATED_SEGMENTS = 3
+# VAD cuts: speech shorter than this is a click; pauses this long end speech; pads keep word edges.
+MIN_SPEECH_MS = 250
+MIN_SILENCE_MS = 500
+SPEECH_PAD_MS = 400
+VAD_WINDOW = 512  # samples per Silero VAD probability
+
+
+def token_bound(seconds: float) -> int:
+    """The most tokens a decode of `seconds` of audio may generate."""
+    return min(MAX_NEW_TOKENS, TOKENS_FLOOR + math.ceil(TOKENS_PER_SECOND * seconds))
+
+
+def speech_pieces(audio: np.ndarray, threshold: float, max_piece_s: float) -> list[tuple[int, int]]:
+    """(start, end) sample ranges holding speech, each at most `max_piece_s`, cut at the quietest moment."""
+    if audio.shape[0] == 0:
+        return []
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    limit = int(max_piece_s * SAMPLE_RATE)
+    regions = get_speech_timestamps(audio, VadOptions(
+        threshold=threshold,
+        min_speech_duration_ms=MIN_SPEECH_MS,
+        min_silence_duration_ms=MIN_SILENCE_MS,
+        speech_pad_ms=SPEECH_PAD_MS,
+    ))
+    pieces: list[tuple[int, int]] = []
+    for region in regions:
+        start, end = int(region["start"]), int(region["end"])
+        if pieces and end - pieces[-1][0] <= limit:
+            pieces[-1] = (pieces[-1][0], end)  # neighbouring speech that still fits decodes together
+            continue
+        for cut in _cuts(audio, start, end, limit):
+            pieces.append((start, cut))
+            start = cut
+    return pieces
+
+
+def _cuts(audio: np.ndarray, start: int, end: int, limit: int) -> list[int]:
+    """Where to end each piece of [start, end): at the least speech-like VAD window in the back half of each."""
+    if end - start <= limit:
+        return [end]
+    from faster_whisper.vad import get_vad_model
+
+    span = audio[start:end]
+    probabilities = get_vad_model()(np.pad(span, (0, -span.shape[0] % VAD_WINDOW))).reshape(-1)
+    cuts: list[int] = []
+    position = 0
+    while end - start - position > limit:
+        first, last = (position + limit // 2) // VAD_WINDOW, (position + limit) // VAD_WINDOW
+        window = probabilities[first:last]
+        quietest = first + (len(window) - 1 - int(np.argmin(window[::-1])))  # the latest of equals
+        position = quietest * VAD_WINDOW
+        cuts.append(start + position)
+    return [*cuts, end]
+
+
+def usable_prompt(prompt: str | None) -> str | None:
+    """The prompt without replacement characters and control codes; None when no word is left.
+
+    Undecodable bytes arrive as U+FFFD; Whisper fed a row of them echoes them until its context is full.
+    """
+    if not prompt:
+        return None
+    kept = "".join(ch for ch in prompt if ch != "\ufffd" and (ch.isspace() or unicodedata.category(ch)[0] != "C"))
+    kept = " ".join(kept.split())
+    return kept if any(ch.isalnum() for ch in kept) else None
+
+
+def token_loop(tokens: list[int]) -> bool:
+    """Whether some n-gram repeats back to back often enough to be Whisper looping, not speech."""
+    for n in range(1, LOOP_MAX_NGRAM + 1):
+        run = 0
+        for i in range(n, len(tokens)):
+            run = run + 1 if tokens[i] == tokens[i - n] else 0
+            if run + n >= max(LOOP_MIN_TOKENS, LOOP_MIN_REPEATS * n):
+                return True
+    return False
+
+
+def _repeats(said: list[str], text: str) -> bool:
+    """Whether `text` would be the same segment REPEATED_SEGMENTS times in a row."""
+    tail = said[-(REPEATED_SEGMENTS - 1):]
+    key = text.strip().lower()
+    return len(tail) == REPEATED_SEGMENTS - 1 and all(s.strip().lower() == key for s in tail)
+
+
+def _condition(prompt: str | None, said: list[str]) -> str | None:
+    """The next piece's prompt: the caller's, then what the previous piece said (Whisper's own conditioning)."""
+    context = " ".join(p for p in (prompt, "".join(said).strip()) if p)
+    return context or None
+
+
+def _convert(s: Any, index: int, piece: tuple[int, int]) -> Segment:
+    """A faster-whisper segment of `piece` on the whole audio's clock (Whisper may stamp past the piece's end)."""
+    offset, limit = piece[0] / SAMPLE_RATE, piece[1] / SAMPLE_RATE
+
+    def at(seconds: float) -> float:
+        return min(limit, float(seconds) + offset)
+
+    return Segment(
+        id=index,
+        seek=s.seek + piece[0] // HOP,
+        start=at(s.start),
+        end=at(s.end),
+        text=s.text,
+        tokens=tuple(s.tokens),
+        temperature=s.temperature,
+        avg_logprob=s.avg_logprob,
+        compression_ratio=s.compression_ratio,
+        no_speech_prob=s.no_speech_prob,
+        words=tuple(Word(at(w.start), at(w.end), w.word, float(w.probability)) for w in (s.words or ())),
+    )
 
 
 class WhisperBackend:
