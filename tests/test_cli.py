@@ -169,16 +169,32 @@ def test_two_pulls_of_one_model_at_once_both_succeed(tmp_path: Path) -> None:
     vad = bytes(range(256)) * 8000
     with HubDouble() as hub:
         hub.add_repo("csukuangfj/vad", {"silero_vad.onnx": vad})
-        hub.queue_fault("silero_vad.onnx", "slow", chunk=200_000, delay=0.1)
+        # Paced, so the first pull is surely still downloading when the test pauses it below.
+        hub.queue_fault("silero_vad.onnx", "slow", chunk=100_000, delay=0.5)
         env = {**os.environ, "AISTACK_CACHE_DIR": str(tmp_path), "AISTACK_HUB_URL": hub.url}
         command = [sys.executable, "-m", "aistack", "pull", "silero-vad"]
         first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while not any(r.origin == "cdn" for r in hub.requests) and first.poll() is None:
-            time.sleep(0.02)
-        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        second_log = tmp_path / "second.err"
+        try:
+            # Downloading: the first pull holds the lock. Paused (by its PID) until the second pull has
+            # said it waits, so the order comes from what the processes did, not from how fast they ran.
+            while not any(r.origin == "cdn" for r in hub.requests) and first.poll() is None:
+                time.sleep(0.02)
+            os.kill(first.pid, signal.SIGSTOP)
+            assert first.poll() is None, "the first pull finished before it could be paused mid-download"
+            with second_log.open("w") as err_file:
+                second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+            deadline = time.monotonic() + 60
+            while "waiting for another pull" not in second_log.read_text() and second.poll() is None:
+                assert time.monotonic() < deadline, second_log.read_text()
+                time.sleep(0.05)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         out, err = first.communicate(timeout=60)
-    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
-    assert f"waiting for another pull of silero-vad (PID {first.pid})" in second.stderr
-    assert out.startswith("pulled silero-vad") and "already complete" in second.stdout
+        second_out, _ = second.communicate(timeout=60)
+    second_err = second_log.read_text()
+    assert first.returncode == 0 and second.returncode == 0, (err, second_err)
+    assert f"waiting for another pull of silero-vad (PID {first.pid})" in second_err
+    assert out.startswith("pulled silero-vad") and "already complete" in second_out
     assert len([r for r in hub.requests if r.origin == "cdn"]) == 1
     assert (tmp_path / "models" / "silero-vad" / "silero_vad.onnx").read_bytes() == vad
