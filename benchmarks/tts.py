@@ -18,10 +18,10 @@ gateway it includes the lazy load of the voice).
                     is shown too).  total: the encoder's last bytes.
   direct whole    the gateway's non-streamed path in this process: every chunk synthesized first,
                   then encode_speech(chunks, format) once; total only.
-  gateway stream  POST /v1/audio/speech {"model": "tts-1", "voice": "alloy", "stream_format": "audio"}
+  gateway stream  POST /v1/audio/speech {"model": "tts-1", "voice": "alloy"} (streams by default, as OpenAI's)
                   read with httpx on a kept-alive connection, measured by the client.
                     TTFB: the first non-empty body chunk.  total: the whole body read.
-  gateway whole   the same POST without stream_format (one Response, encoded after synthesis ends);
+  gateway whole   the same POST with "whole_file": true (one Response, encoded after synthesis ends);
                   total only, compared with direct whole.
 RTF (real-time factor) = total wall seconds / seconds of audio; below 1 is faster than real time.
 "alloy" is an OpenAI voice name; the gateway maps it to the configured alias or Piper's default voice,
@@ -134,7 +134,7 @@ class Direct:
         return Timing(first, total, samples / rate if rate else 0.0, first_pcm)
 
     def run_whole(self, text: str) -> Timing:
-        """What the gateway does without stream_format: every chunk first, then encode_speech once."""
+        """What the gateway does with whole_file: every chunk first, then encode_speech once."""
         from aistack.audio.encode import encode_speech
 
         started = time.perf_counter()
@@ -159,8 +159,8 @@ class Gateway(asr.Gateway):
 
     def speak(self, text: str, response_format: str, stream: bool) -> tuple[Timing, bytes]:
         body: dict[str, Any] = {"model": "tts-1", "voice": VOICE, "input": text, "response_format": response_format}
-        if stream:
-            body["stream_format"] = "audio"
+        if not stream:
+            body["whole_file"] = True  # aistack's way to one file with a Content-Length; streaming is the default
         parts: list[bytes] = []
         first: float | None = None
         started = time.perf_counter()
