@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import wave
 from pathlib import Path
 
@@ -120,13 +119,11 @@ def non_decreasing(values) -> bool:
 # -- generation and layout --------------------------------------------------------------------------
 
 
-def test_generation_is_fast_and_writes_the_real_file_names(tmp_path: Path) -> None:
-    started = time.perf_counter()
+def test_generation_writes_the_real_file_names_and_small_files(tmp_path: Path) -> None:
     make_sensevoice(tmp_path / "sv")
     make_parakeet_tdt(tmp_path / "pk")
     vad4 = make_silero_vad(tmp_path / "vad4")
     vad5 = make_silero_vad(tmp_path / "vad5" / "silero_vad.onnx", version=5)
-    assert time.perf_counter() - started < 2.0
     assert sorted(p.name for p in (tmp_path / "sv").iterdir()) == ["model.int8.onnx", "tokens.txt"]
     assert sorted(p.name for p in (tmp_path / "pk").iterdir()) == sorted(PARAKEET_FILES)
     assert vad4 == tmp_path / "vad4" / "silero_vad.onnx" and vad4.is_file() and vad5.is_file()
