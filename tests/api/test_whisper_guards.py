@@ -1,0 +1,113 @@
+"""Whisper through the gateway: near-silence costs no decoding, and a client that leaves stops the
+engine within one bounded piece. Proofs by what the engine was asked to decode, never by wall time."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import wave
+from pathlib import Path
+
+import pytest
+
+from conftest import Gateway
+
+pytestmark = pytest.mark.slow
+
+HOLD_LIMIT_S = 30  # a held engine is released after this, so a failing test cannot hang
+GARBAGE_PROMPT = b"\x80\x81\xfe"  # not UTF-8: the gateway reads it as U+FFFD
+
+
+def silent_wav(seconds: float) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(b"\x00\x00" * int(16000 * seconds))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("seconds", [0.01, 2.0])
+@pytest.mark.parametrize("model", ["whisper-tiny.en", "whisper-base"])
+def test_near_silence_with_a_garbage_prompt_is_an_empty_transcript(gateway: Gateway, model: str, seconds: float) -> None:
+    with gateway.client() as client:
+        response = client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("quiet.wav", silent_wav(seconds), "audio/wav")},
+            data={"model": model, "prompt": GARBAGE_PROMPT, "response_format": "verbose_json"},
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["text"] == "" and body["segments"] == []
+    assert body["duration"] == pytest.approx(seconds, abs=0.001)
+
+
+class PieceRecorder:
+    """The loaded faster-whisper model, recording each piece it decodes and whether the client had
+    already gone; it holds the second piece until the gateway has seen the client leave."""
+
+    def __init__(self, model, client_gone: threading.Event) -> None:
+        self._model = model
+        self._client_gone = client_gone
+        self.pieces: list[tuple[int, bool]] = []  # (samples, started after the client left)
+
+    def transcribe(self, audio, **options):
+        if len(self.pieces) == 1:
+            self._client_gone.wait(HOLD_LIMIT_S)
+        self.pieces.append((int(audio.shape[0]), self._client_gone.is_set()))
+        return self._model.transcribe(audio, **options)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+class Disconnects(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if " 499 " in record.getMessage():
+            self.seen.set()
+
+
+def test_streaming_client_that_leaves_stops_whisper_base_within_one_bounded_piece(
+    make_inprocess_gateway, english_wav: Path, long_wav: Path
+) -> None:
+    from conftest import wait_until
+
+    gateway = make_inprocess_gateway()
+    runtime = gateway.runtime
+    with gateway.client() as client, open(english_wav, "rb") as audio:  # loads whisper-base
+        assert client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-base"}).status_code == 200
+    transcriber = runtime.lifecycle.entry("whisper-base").model
+    disconnects = Disconnects()
+    access = logging.getLogger("aistack.access")
+    previous_level = access.level
+    access.addHandler(disconnects)
+    access.setLevel(logging.INFO)
+    recorder = PieceRecorder(transcriber._model, disconnects.seen)
+    transcriber._model = recorder
+    try:
+        with gateway.client() as client, open(long_wav, "rb") as audio:
+            with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
+                               data={"model": "whisper-base", "stream": "true"}) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line.startswith("data: ") and json.loads(line[6:])["type"] == "transcript.text.delta":
+                        break  # leave at the first words
+        assert disconnects.seen.wait(HOLD_LIMIT_S)
+        assert wait_until(lambda: runtime.scheduler.total_running() == 0)
+    finally:
+        disconnects.seen.set()
+        transcriber._model = recorder._model
+        access.removeHandler(disconnects)
+        access.setLevel(previous_level)
+    limit = transcriber._settings.max_piece_s * 16000
+    started_after_leaving = [samples for samples, after in recorder.pieces if after]
+    assert len(started_after_leaving) <= 1, recorder.pieces
+    assert len(recorder.pieces) <= 2, recorder.pieces  # the clip has at least six pieces
+    assert all(samples <= limit for samples, _ in recorder.pieces), recorder.pieces
