@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 
 import httpx
 import numpy as np
@@ -179,11 +178,11 @@ def test_faults_and_client_going_away():
                                                           "finish_reason": None}
 
         ollama.queue_fault("hang")
-        started = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
             client.post("/chat/completions", json=body, timeout=0.3)
         hung = ollama.requests[-1]
-        assert hung.done.wait(3) and hung.outcome == "client_gone" and time.monotonic() - started < 3
+        # It hangs until the client leaves, and notices that it left.
+        assert hung.done.wait(15) and hung.outcome == "client_gone"
 
         ollama.queue_fault("not_found")
         gone = client.post("/embeddings", json={"model": "nomic-embed-text", "input": "x"})
@@ -198,7 +197,7 @@ def test_faults_and_client_going_away():
 
 
 def test_slow_version_stop_restart_and_chunked_request_body():
-    with OllamaDouble(version_delay_s=1.0) as ollama:
+    with OllamaDouble(version_delay_s=60.0) as ollama:  # far past the client's timeout below
         port = ollama.port
         with pytest.raises(httpx.ReadTimeout):
             httpx.get(ollama.url + "/api/version", timeout=0.2)
@@ -227,10 +226,11 @@ def test_pacing_and_custom_models():
         assert [m["id"] for m in httpx.get(ollama.base_url + "/models").json()["data"]] == [
             "qwen3:0.6b", "all-minilm:22m"]
         body = {"model": "qwen3:0.6b", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-        arrivals = []
         with httpx.stream("POST", ollama.base_url + "/chat/completions", json=body) as r:
-            for line in r.iter_lines():
-                if line:
-                    arrivals.append(time.monotonic())
-        assert len(arrivals) == len(tokenize("a b c d")) + 2
-        assert arrivals[3] - arrivals[0] >= 0.1  # three 0.05 s pauses between the first four chunks
+            events = [line for line in r.iter_lines() if line]
+        assert len(events) == len(tokenize("a b c d")) + 2
+        # The double's own record of when it sent them (a client reading late would see them bunched):
+        # at least three 0.05 s pauses between its first chunk and its last.
+        sent = ollama.requests[-1]
+        assert sent.done.wait(15) and sent.outcome == "complete"
+        assert sent.finished_at - sent.first_chunk_at >= 0.15
