@@ -293,9 +293,10 @@ def test_a_client_that_leaves_stops_synthesis_and_frees_the_slot(make_inprocess_
             with client.stream("POST", "/v1/audio/speech", json=body) as response:
                 assert response.status_code == 200
                 assert next(response.iter_raw())
-            # The connection is closed; give the server a moment to notice before the engine goes on.
-            assert wait_until(lambda: runtime.scheduler.describe()["cpu"]["busy"] == 1)
-            time.sleep(0.5)
+            # The connection is closed; the engine goes on only once the server has noticed (it then
+            # tells the held job's lease to stop).
+            cpu = runtime.scheduler.queue("cpu")
+            assert wait_until(lambda: any(lease.stop.is_set() for lease in list(cpu._holders)), timeout=20)
             client_left.set()
             assert wait_until(lambda: runtime.scheduler.total_running() == 0, timeout=20)
             assert max(steps) <= 2, steps  # LONG_PARAGRAPH has ten sentences; it stopped at the next one
@@ -321,15 +322,16 @@ def test_health_is_prompt_during_a_long_synthesis(make_inprocess_gateway) -> Non
     worker.start()
     try:
         assert wait_until(lambda: runtime.scheduler.describe()["cpu"]["running"].get("tts") == 1)
-        health_times = []
+        # Each /health that answers while the synthesis still runs is counted: a /health that waited
+        # for the engine would answer only after it, and the count would stay short.
+        answered_while_synthesizing = 0
         with gateway.client(timeout=5) as client:
-            while worker.is_alive() and len(health_times) < 20:
-                started = time.perf_counter()
+            while worker.is_alive() and answered_while_synthesizing < 20:
                 assert client.get("/health").status_code == 200
-                health_times.append(time.perf_counter() - started)
+                if runtime.scheduler.describe()["cpu"]["running"].get("tts") == 1:
+                    answered_while_synthesizing += 1
                 time.sleep(0.05)
     finally:
         worker.join(timeout=120)
     assert results and results[0].status_code == 200
-    assert len(health_times) >= 3, "synthesis ended before /health could be sampled"
-    assert max(health_times) < 1.0, health_times
+    assert answered_while_synthesizing >= 3, "/health did not answer while the synthesis ran"
