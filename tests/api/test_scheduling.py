@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "whisper-tiny.en"
 HOLD_LIMIT_S = 60  # a held engine is released after this, so a failing test cannot hang
+SHORT_KEEP_ALIVE_S = 5
 
 
 def post_transcription(client: httpx.Client, audio: bytes, **fields: str) -> httpx.Response:
@@ -60,12 +61,10 @@ def test_one_slot_and_a_queue_of_four_serve_five_of_ten_and_refuse_five_promptly
     hold = EngineHold(gateway)
     try:
         with ThreadPoolExecutor(10) as pool, gateway.client(timeout=HOLD_LIMIT_S + 60) as client:
-            started = time.monotonic()
             futures = [pool.submit(post_transcription, client, audio) for _ in range(10)]
             assert wait_until(lambda: cpu.rejected == 5 and cpu.queued == 4, timeout=30), cpu.describe()
             assert wait_until(lambda: sum(f.done() for f in futures) == 5, timeout=30)
             refused = [f.result() for f in futures if f.done()]
-            refused_after = time.monotonic() - started
             ready = client.get("/ready").json()["devices"]["cpu"]
             hold.release()
             responses = [f.result(timeout=HOLD_LIMIT_S + 60) for f in futures]
@@ -77,7 +76,7 @@ def test_one_slot_and_a_queue_of_four_serve_five_of_ten_and_refuse_five_promptly
     busy = [r for r in responses if r.status_code == 503]
     assert len(served) == 5 and len(busy) == 5, [r.status_code for r in responses]
     # The refusals came while the engine was still held: nobody waited for the queue to drain.
-    assert len(refused) == 5 and all(r.status_code == 503 for r in refused), refused_after
+    assert len(refused) == 5 and all(r.status_code == 503 for r in refused), refused
     for response in busy:
         error = response.json()["error"]
         assert error["kind"] == "busy" and error["type"] == "server_error" and "retry in about" in error["message"]
@@ -107,7 +106,7 @@ def test_a_request_that_waits_past_the_maximum_gets_busy_with_retry_after(make_i
     assert gateway.runtime.scheduler.queue("cpu").timed_out == 1
 
 
-def test_health_answers_quickly_while_every_slot_is_busy_and_ready_shows_the_queue(make_inprocess_gateway, english_wav: Path) -> None:
+def test_health_answers_while_every_slot_is_busy_and_ready_shows_the_queue(make_inprocess_gateway, english_wav: Path) -> None:
     gateway = make_inprocess_gateway(scheduler=SchedulerSettings(cpu_slots=1, queue_size=4, max_wait_s=120))
     audio = english_wav.read_bytes()
     cpu = gateway.runtime.scheduler.queue("cpu")
@@ -116,18 +115,16 @@ def test_health_answers_quickly_while_every_slot_is_busy_and_ready_shows_the_que
         with ThreadPoolExecutor(3) as pool, gateway.client() as client:
             jobs = [pool.submit(post_transcription, client, audio) for _ in range(3)]
             assert hold.holding.wait(60) and wait_until(lambda: cpu.queued == 2)
-            timings = []
+            # The engine stays held until release() (or HOLD_LIMIT_S): a /health that waited for the
+            # engine or the queue would run into this client timeout instead of answering.
             for _ in range(5):
-                began = time.perf_counter()
-                assert client.get("/health").status_code == 200
-                timings.append(time.perf_counter() - began)
+                assert client.get("/health", timeout=HOLD_LIMIT_S / 4).status_code == 200
+            assert not hold.released.is_set() and cpu.busy == 1 and cpu.queued == 2  # still held meanwhile
             ready = client.get("/ready").json()
             hold.release()
             assert [j.result(timeout=120).status_code for j in jobs] == [200, 200, 200]
     finally:
         hold.release()
-    # Generous: the point is that /health does not wait for the engine or the queue.
-    assert max(timings) < 1.0, timings
     devices = ready["devices"]["cpu"]
     assert devices["busy"] == devices["slots"] == 1 and devices["queued"] == 2 and devices["running"] == {"asr": 1}
     assert ready["engines"]["faster-whisper"]["running"] == 1
@@ -208,7 +205,8 @@ def _resident(client: httpx.Client, model_id: str) -> dict:
 
 @pytest.fixture
 def short_ttl_gateway(models_cache: Path, tmp_path: Path):
-    running = start_gateway(models_cache, tmp_path, {"AISTACK_MODELS__KEEP_ALIVE_S": "2"})
+    # Long enough that the model is surely still loaded when the test reads its row right after using it.
+    running = start_gateway(models_cache, tmp_path, {"AISTACK_MODELS__KEEP_ALIVE_S": str(SHORT_KEEP_ALIVE_S)})
     try:
         yield running
     finally:
@@ -225,7 +223,7 @@ def test_an_idle_model_unloads_after_its_keep_alive_and_memory_goes_back(short_t
         loaded = _resident(client, MODEL)
         rss_loaded = process.memory_info().rss
         assert loaded["resident"] and loaded["in_use"] == 0 and loaded["size_bytes"] > 10 * 2**20
-        assert loaded["last_used"] is not None and 0 <= loaded["expires_in_s"] <= 2
+        assert loaded["last_used"] is not None and 0 <= loaded["expires_in_s"] <= SHORT_KEEP_ALIVE_S
 
         assert wait_until(lambda: _resident(client, MODEL)["state"] == "unloaded", timeout=30)
         rss_unloaded = process.memory_info().rss
@@ -235,7 +233,7 @@ def test_an_idle_model_unloads_after_its_keep_alive_and_memory_goes_back(short_t
         again = post_transcription(client, audio)
         assert again.status_code == 200 and again.json()["text"].strip()
         assert _resident(client, MODEL)["resident"]
-    assert "unloaded whisper-tiny.en (idle for 2 s)" in gateway.log()
+    assert f"unloaded whisper-tiny.en (idle for {SHORT_KEEP_ALIVE_S} s)" in gateway.log()
 
 
 def test_admin_loads_and_unloads_models_and_explains_unknown_ids(make_inprocess_gateway) -> None:
@@ -265,7 +263,10 @@ def test_pinned_models_load_at_start_and_outlive_their_keep_alive(make_inprocess
     gateway = make_inprocess_gateway(models=ModelLifecycleSettings(keep_alive_s=0.2, pinned=[MODEL]))
     with gateway.client() as client:
         assert wait_until(lambda: _resident(client, MODEL)["resident"], timeout=60)
-        time.sleep(1.0)  # five keep-alives
+        # A model that is not pinned, loaded after the pinned one: once the keep-alive has unloaded
+        # it, the pinned one (idle for longer) has been past its keep-alive too.
+        assert client.post("/admin/models/whisper-base/load").status_code == 200
+        assert wait_until(lambda: _resident(client, "whisper-base")["state"] == "unloaded", timeout=60)
         row = _resident(client, MODEL)
     assert row["resident"] and row["pinned"] and row["expires_in_s"] is None
 
