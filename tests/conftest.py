@@ -281,7 +281,7 @@ def wait_until(condition, timeout: float = 15.0) -> bool:
 
 
 def assert_envelope(response, status: int, kind: str, param: str | None, *needles: str, provider: str = "aistack") -> dict:
-    """The one error envelope (DESIGN §2), with the kind, the blamed field and words of the message."""
+    """The one error envelope (docs/errors.md), with the kind, the blamed field and words of the message."""
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"kind", "provider", "message", "type", "code", "param"}

@@ -1,7 +1,7 @@
 """Small random-weight ONNX models in the exact layout sherpa-onnx expects of the real exports.
 
 The real weights (SenseVoice Small int8 ≈ 230 MB, Parakeet TDT 0.6B v3 int8 ≈ 600 MB, Silero VAD)
-cannot be had on these machines (DESIGN §6), so the engines' tests run the real sherpa-onnx runtime
+cannot be had on these machines (docs/contributing.md), so the engines' tests run the real sherpa-onnx runtime
 on these instead: the same file names, input/output names, dtypes, ranks and metadata keys as the
 sherpa-onnx exports, the same token-file conventions, a few KB each and generated in milliseconds.
 The weights are random (fixed seeds, so every run decodes the same), but the graphs are built so

@@ -1,4 +1,4 @@
-"""The live inventory (DESIGN §1-2): concurrent probes under a timeout, a short cache, and `auto`."""
+"""The live inventory (docs/models.md): concurrent probes under a timeout, a short cache, and `auto`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`model=auto` routing (DESIGN §3), checked against a plainly written oracle of the rules.
+"""`model=auto` routing (docs/models.md), checked against a plainly written oracle of the rules.
 
-The oracle below is written from DESIGN §3 alone, not from `aistack.routing`:
+The oracle below is written from docs/models.md alone, not from `aistack.routing`:
   1. a hint in zh / yue / ja / ko goes to SenseVoice, if a SenseVoice model is visible;
   2. a hint in Parakeet's 25 languages goes to Parakeet, if visible;
   3. anything else, or no hint, goes to faster-whisper: the configured default size when it is
@@ -116,7 +116,7 @@ def oracle(
     task: str = "transcribe",
     whisper_only: bool = False,
 ) -> set[str] | None:
-    """The ids that may answer (a set only where DESIGN leaves a tie open), None for 503, or
+    """The ids that may answer (a set only where docs/models.md leaves a tie open), None for 503, or
     "malformed" for a language no engine lists at all (the request is wrong, not the install)."""
     if hint is not None and hint not in (*WHISPER_LANGUAGES, *PARAKEET_LANGUAGES, *SENSEVOICE_LANGUAGES):
         return "malformed"
@@ -145,7 +145,7 @@ def oracle(
     if whispers:
         return best_whisper()
     # Fall-through: whatever is left that can transcribe it. Where both SenseVoice and Parakeet
-    # could (no hint and no Whisper), DESIGN does not say which, so either is right.
+    # could (no hint and no Whisper), docs/models.md does not say which, so either is right.
     leftovers = {c.id for c in able}
     return leftovers or None
 

@@ -1,4 +1,4 @@
-"""The live inventory: which models can be served right now (DESIGN §1–2).
+"""The live inventory: which models can be served right now (docs/models.md).
 
 Every backend is probed concurrently, each under its own timeout, and the result is cached
 briefly, so one hung backend never stalls a listing and a picker may call it freely.

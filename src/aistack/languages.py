@@ -17,7 +17,7 @@ ISO_639_1: frozenset[str] = frozenset(
     """.split()
 )
 
-# Cantonese has no ISO 639-1 code; DESIGN §3 routes it by its ISO 639-3 code, so requests may name it.
+# Cantonese has no ISO 639-1 code; docs/models.md routes it by its ISO 639-3 code, so requests may name it.
 EXTRA_CODES: frozenset[str] = frozenset({"yue"})
 
 # Multilingual Whisper, restricted to codes in ISO 639-1 (Whisper's own "haw" and "yue" have none).
@@ -43,7 +43,7 @@ SENSEVOICE_LANGUAGES: tuple[str, ...] = ("zh", "yue", "ja", "ko", "en")
 # Every language some speech-to-text engine aistack runs can transcribe.
 KNOWN_ASR_LANGUAGES: frozenset[str] = frozenset(WHISPER_LANGUAGES) | frozenset(PARAKEET_LANGUAGES) | frozenset(SENSEVOICE_LANGUAGES)
 
-# DESIGN §3: hints that prefer the CJK/tonal engine.
+# docs/models.md: hints that prefer the CJK/tonal engine.
 CJK_LANGUAGES: frozenset[str] = frozenset({"zh", "yue", "ja", "ko"})
 
 

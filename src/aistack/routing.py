@@ -1,4 +1,4 @@
-"""`model=auto` (DESIGN §3): pick a speech-to-text model from the request's language hint.
+"""`model=auto` (docs/models.md): pick a speech-to-text model from the request's language hint.
 
 Rules are tried in order; a rule applies when the hint is in its languages (a rule with no
 languages applies to any hint, or none). A rule whose family has no visible model that

@@ -205,11 +205,11 @@ def test_a_broken_model_folder_is_not_listed_says_how_to_fix_it_and_the_gateway_
         assert client.get("/ready").json()["devices"]["cpu"]["busy"] == 0
 
 
-# -- routing (DESIGN §3) -------------------------------------------------------------------------
+# -- routing (docs/models.md) -------------------------------------------------------------------------
 
 
 def expected_route(hint: str | None, visible: set[str]) -> str:
-    """DESIGN §3, written out: CJK → SenseVoice, Parakeet's languages → Parakeet, else Whisper; a
+    """docs/models.md, written out: CJK → SenseVoice, Parakeet's languages → Parakeet, else Whisper; a
     preferred engine that is not visible falls through. Whisper here is base (multilingual) or tiny.en."""
     if hint in CJK and SENSEVOICE in visible:
         return SENSEVOICE

@@ -1,4 +1,4 @@
-"""Transcription response formats (DESIGN §5): json, text, srt, vtt, verbose_json in OpenAI's shapes."""
+"""Transcription response formats (docs/api.md): json, text, srt, vtt, verbose_json in OpenAI's shapes."""
 
 from __future__ import annotations
 

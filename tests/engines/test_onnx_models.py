@@ -1,6 +1,6 @@
 """The generated ONNX models (tests/onnx_models.py) against the real sherpa-onnx runtime: their layout
 is the one the runtime expects of the real exports, and SenseVoice, Parakeet TDT and Silero VAD all
-load, decode and segment for real on them (DESIGN §6). Text content is not asserted (random weights);
+load, decode and segment for real on them (docs/contributing.md). Text content is not asserted (random weights);
 structure, tags, timings and segmentation are."""
 
 from __future__ import annotations

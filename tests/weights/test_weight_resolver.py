@@ -1,4 +1,4 @@
-"""Where weights come from (DESIGN §1): explicit path, then cache, then an installed package;
+"""Where weights come from (docs/models.md): explicit path, then cache, then an installed package;
 pieces split across packages are joined once into the cache, atomically."""
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def test_two_overlapping_joins_both_succeed(split, tmp_path):
     assert (destination / "model.bin").read_bytes() == split.data
 
 
-# ----------------------------------------------------------------------------- the real packages (DESIGN §6)
+# ----------------------------------------------------------------------------- the real packages (docs/contributing.md)
 
 
 def test_real_weight_packages(cache):

@@ -1,4 +1,4 @@
-"""POST /v1/audio/transcriptions and /v1/audio/translations (OpenAI multipart fields, DESIGN §5)."""
+"""POST /v1/audio/transcriptions and /v1/audio/translations (OpenAI multipart fields, docs/api.md)."""
 
 from __future__ import annotations
 

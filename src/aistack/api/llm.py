@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions, /v1/completions and /v1/embeddings, relayed to the model's upstream (DESIGN §5)."""
+"""POST /v1/chat/completions, /v1/completions and /v1/embeddings, relayed to the model's upstream (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /v1/models: the live inventory in OpenAI's shape with aistack's additive fields (DESIGN §2)."""
+"""GET /v1/models: the live inventory in OpenAI's shape with aistack's additive fields (docs/models.md)."""
 
 from __future__ import annotations
 

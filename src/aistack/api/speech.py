@@ -1,4 +1,4 @@
-"""POST /v1/audio/speech, GET /v1/audio/voices and GET /v1/audio/models (DESIGN §5)."""
+"""POST /v1/audio/speech, GET /v1/audio/voices and GET /v1/audio/models (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ class HubFiles:
 
 @dataclass(frozen=True)
 class OnnxAsrSpec:
-    """An ASR model run on its int8 ONNX export by sherpa-onnx (DESIGN §1, ENGINES.md)."""
+    """An ASR model run on its int8 ONNX export by sherpa-onnx (docs/engines.md)."""
 
     id: str
     family: str  # "parakeet" | "sensevoice"

@@ -1,4 +1,4 @@
-"""`aistack pull MODEL`: fetch a model's folder from its hub repository into the cache (DESIGN §1).
+"""`aistack pull MODEL`: fetch a model's folder from its hub repository into the cache (docs/models.md).
 
 The hub protocol, as the Hugging Face Hub speaks it (and huggingface_hub reads it in
 `hf_api.model_info`, `file_download.get_hf_file_metadata` / `http_get`, `utils/_http.hf_raise_for_status`):

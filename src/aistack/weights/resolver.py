@@ -1,4 +1,4 @@
-"""Where a model's weights are on this machine (DESIGN §1).
+"""Where a model's weights are on this machine (docs/models.md).
 
 Order: an explicit path in config; the cache folder; a weights package installed from the package
 index. A package that carries a file in pieces is joined once into the cache: written under a
