@@ -1,6 +1,6 @@
 """The scheduler under load: concurrent versus one-after-another transcriptions, and memory across a model's life.
 
-Run it with `.venv/bin/python benchmarks/scheduler.py [--runs N] [--slots S] [--model ID]`.
+Run it with `.venv/bin/python benchmarks/scheduler.py [--runs N] [--slots S] [--model ID] [--memory-only]`.
 
 It synthesizes ~15 s of English speech with Piper into a temporary folder and starts `aistack serve`
 in a subprocess on a free loopback port, with its own environment: a temporary AISTACK_CACHE_DIR and
@@ -25,7 +25,9 @@ actually in force is read back from GET /ready (devices.cpu.slots).
 2. Memory. A second gateway with AISTACK_MODELS__KEEP_ALIVE_S=3: its resident set size (RSS, psutil on
    the gateway's PID) when idle before any model is loaded, right after the model has loaded and served
    one request, and after the keep-alive TTL has unloaded it (GET /admin/models polled until the model's
-   row says "state": "unloaded", at most 30 s).
+   row says "state": "unloaded", at most 30 s), each also as a ratio to idle. The gateway hands memory
+   back after an unload (malloc_trim, capped malloc arenas, engine library pages advised out), so
+   after the unload it should be close to idle. --memory-only runs this part alone.
 
 Progress goes to stderr; the figures go to stdout. Only 127.0.0.1 is contacted; each gateway is
 stopped by its PID in a `finally`.
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=None,
                         help="AISTACK_SCHEDULER__CPU_SLOTS for the gateway (default: unset, the gateway's own default)")
     parser.add_argument("--model", default="whisper-tiny.en", help="Whisper model id (default whisper-tiny.en)")
+    parser.add_argument("--memory-only", action="store_true", help="skip the throughput runs; measure memory only")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -251,26 +254,44 @@ def main(argv: list[str] | None = None) -> int:
         clip_s = synthesize_clip(clip, TEXT)
         audio = clip.read_bytes()
 
-        asr.progress("starting the gateway ...")
-        gateway = Gateway(workdir, "throughput", gateway_env(workdir, slots_env))
-        gateway.wait_healthy()
-        asr.progress(f"gateway pid {gateway.process.pid} healthy on {gateway.base_url}")
-        cpu = gateway.get_json("/ready")["devices"]["cpu"]
-        asr.progress(f"warm-up: one request to {args.model} (includes its lazy load) ...")
-        warm_s, _ = gateway.transcribe(audio, args.model)
-        asr.progress(f"warm-up: {warm_s:.2f} s")
-        results = throughput(gateway, audio, args.model, args.runs)
-        after = gateway.get_json("/ready")["devices"]["cpu"]
-        asr.stop_and_report(gateway)
-        gateway = None
+        results: dict[int, SizeResult] = {}
+        if not args.memory_only:
+            asr.progress("starting the gateway ...")
+            gateway = Gateway(workdir, "throughput", gateway_env(workdir, slots_env))
+            gateway.wait_healthy()
+            asr.progress(f"gateway pid {gateway.process.pid} healthy on {gateway.base_url}")
+            cpu = gateway.get_json("/ready")["devices"]["cpu"]
+            asr.progress(f"warm-up: one request to {args.model} (includes its lazy load) ...")
+            warm_s, _ = gateway.transcribe(audio, args.model)
+            asr.progress(f"warm-up: {warm_s:.2f} s")
+            results = throughput(gateway, audio, args.model, args.runs)
+            after = gateway.get_json("/ready")["devices"]["cpu"]
+            asr.stop_and_report(gateway)
+            gateway = None
 
         mem = memory(workdir, audio, args.model, slots_env)
     finally:
         asr.stop_and_report(gateway)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"clip: {clip_s:.2f} s of Piper speech (en_US joe medium), {len(audio) / 1e6:.2f} MB WAV; model {args.model}")
+    if results:
+        print_throughput(results, cpu, after, args)
+    print()
+    print(f"gateway RSS (keep-alive {KEEP_ALIVE_S:g} s; model files {mem['size_bytes'] / 2**20:.0f} MB):")
+    print(asr.table([
+        ("state", "RSS MB", "vs idle"),
+        ("idle, no model loaded", f"{mem['idle']:.0f}", "1.00x"),
+        (f"{args.model} loaded, one request served", f"{mem['loaded']:.0f}", f"{mem['loaded'] / mem['idle']:.2f}x"),
+        (f"after the TTL unload ({mem['unloaded_after_s']:.1f} s idle)", f"{mem['unloaded']:.0f}",
+         f"{mem['unloaded'] / mem['idle']:.2f}x"),
+    ]))
+    asr.progress(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def print_throughput(results: dict[int, SizeResult], cpu: dict[str, Any], after: dict[str, Any], args: argparse.Namespace) -> None:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"CPUs: {os.cpu_count()} (usable by this process: {usable}); cpu slots {cpu['slots']} "
           f"({'--slots' if args.slots is not None else 'gateway default'}), queue_size {cpu['queue_size']}, "
           f"max_wait_s {cpu['max_wait_s']:g}; {args.runs} runs per N, walls are medians")
@@ -292,16 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sequential requests' slot wait: max {max(seq_waits):.0f} ms over {len(seq_waits)} requests")
     print(f"gateway scheduler after the runs: granted {after['granted']}, rejected {after['rejected']}, "
           f"timed_out {after['timed_out']}, typical_service_s {after['typical_service_s']}")
-    print()
-    print(f"gateway RSS (keep-alive {KEEP_ALIVE_S:g} s; model files {mem['size_bytes'] / 2**20:.0f} MB):")
-    print(asr.table([
-        ("state", "RSS MB"),
-        ("idle, no model loaded", f"{mem['idle']:.0f}"),
-        (f"{args.model} loaded, one request served", f"{mem['loaded']:.0f}"),
-        (f"after the TTL unload ({mem['unloaded_after_s']:.1f} s idle)", f"{mem['unloaded']:.0f}"),
-    ]))
-    asr.progress(f"done in {time.monotonic() - started:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -631,3 +631,26 @@ def test_unloading_base_gives_its_memory_back(models_cache: Path, logs) -> None:
         )
 
     run(runtime, body)
+
+
+def test_each_unload_hands_memory_back_to_the_system_after_the_engine_let_go(models_cache: Path, logs) -> None:
+    from aistack.memory import _glibc
+
+    runtime = make_runtime(models_cache, keep_alive_s=-1)
+    lifecycle = runtime.lifecycle
+    assert lifecycle.memory.releases == []
+
+    async def body() -> None:
+        (tiny,) = await cards(runtime, TINY)
+        model = await lifecycle.checkout(tiny)
+        assert isinstance(model, WhisperTranscriber)
+        lifecycle.checkin(TINY)
+        assert lifecycle.memory.releases == []  # nothing handed back while the model is loaded
+        assert await lifecycle.unload(TINY) is True
+        assert model._model is None  # the engine had freed its weights before the release
+        (release,) = lifecycle.memory.releases
+        assert release.trimmed is (_glibc() is not None)
+        assert release.rss_before is not None and release.rss_after is not None
+        assert any(m.startswith(f"unloaded {TINY} (asked to); resident set ") for m in lifecycle_messages(logs))
+
+    run(runtime, body)

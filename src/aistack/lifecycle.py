@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import gc
 import logging
 import time
@@ -22,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .engines.base import Backend, ModelCard
+from .memory import MemoryRelease, ProcessMemory
 from .settings import ModelLifecycleSettings
 
 log = logging.getLogger("aistack.lifecycle")
@@ -56,6 +54,8 @@ class ModelLifecycle:
         self._settings = settings
         self._entries: dict[str, ResidentModel] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Created with the lifecycle, before any engine starts its threads (it caps malloc's arenas).
+        self.memory = ProcessMemory(settings.malloc_arena_max)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -264,9 +264,11 @@ class ModelLifecycle:
 
     async def _unload(self, entry: ResidentModel, holder: list[Any]) -> None:
         backend = self._backends[entry.card.provider]
+        # Engine libraries' code is paged out only when no other model may be running it.
+        last = all(e is entry for e in self._entries.values())
         try:
-            await asyncio.to_thread(_release, backend, holder)
-            log.info("unloaded %s (%s)", entry.card.id, entry.unload_reason)
+            released = await asyncio.to_thread(_release, backend, holder, self.memory, last)
+            log.info("unloaded %s (%s); %s", entry.card.id, entry.unload_reason, _describe(released))
         except Exception:
             log.exception("unloading %s failed", entry.card.id)
         finally:
@@ -282,26 +284,16 @@ class ModelLifecycle:
         task.add_done_callback(self._tasks.discard)
 
 
-def _release(backend: Backend, holder: list[Any]) -> None:
+def _release(backend: Backend, holder: list[Any], memory: ProcessMemory, page_out_libraries: bool) -> MemoryRelease:
     model = holder.pop()
     backend.unload(model)
     del model
     gc.collect()
-    _return_freed_heap()
+    return memory.release(page_out_libraries=page_out_libraries)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")  # runs ldconfig: once is enough
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
-def _return_freed_heap() -> None:
-    """glibc keeps freed heap pages; malloc_trim gives them back so the process's resident memory drops."""
-    libc = _libc()
-    if libc is not None:
-        with contextlib.suppress(AttributeError):
-            libc.malloc_trim(0)
+def _describe(released: MemoryRelease) -> str:
+    if released.rss_before is None or released.rss_after is None:
+        return "memory handed back" if released.trimmed else "no allocator to trim"
+    paged = f", {released.paged_out_bytes >> 20} MB of engine library mappings paged out" if released.paged_out_bytes else ""
+    return f"resident set {released.rss_before >> 20} -> {released.rss_after >> 20} MB after handing memory back{paged}"

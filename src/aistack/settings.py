@@ -91,6 +91,11 @@ class ModelLifecycleSettings(BaseModel):
     max_resident_mb: float | None = Field(None, gt=0, description="Budget for loaded models' approximate size.")
     pinned: list[str] = Field(default_factory=list, description="Models loaded at start and never unloaded by TTL or budget.")
     preload: list[str] = Field(default_factory=list, description="Models loaded at start (then subject to the TTL).")
+    malloc_arena_max: int | None = Field(
+        2, ge=1,
+        description="glibc malloc arenas (M_ARENA_MAX), set at start; few arenas let an unload hand memory back to "
+        "the system. None keeps glibc's default (8 per core).",
+    )
 
 
 class PiperSettings(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -287,6 +288,7 @@ class WhisperBackend:
         # CTranslate2 runs one call at a time per worker: one worker per scheduler slot on the device.
         self._slots_on = slots_on
         self._device: str | None = None
+        self._loaded = 0  # models loaded and not yet unloaded (loads and unloads run in threads, one at a time each)
 
     def library_missing(self) -> Unavailable | None:
         for module in ("faster_whisper", "ctranslate2"):
@@ -355,6 +357,10 @@ class WhisperBackend:
 
     def unload(self, model: WhisperTranscriber) -> None:
         model.close()
+        self._loaded -= 1
+        if self._loaded == 0 and "faster_whisper.vad" in sys.modules:
+            # The Silero VAD session (onnxruntime) is cached for the process; it goes with the last model.
+            sys.modules["faster_whisper.vad"].get_vad_model.cache_clear()
 
     def load(self, card: ModelCard) -> WhisperTranscriber:
         from faster_whisper import WhisperModel
@@ -375,6 +381,7 @@ class WhisperBackend:
             local_files_only=True,
         )
         log.info("loaded %s from %s (%s) in %.2f s", card.id, path, resolved.source, time.perf_counter() - started)
+        self._loaded += 1
         return WhisperTranscriber(card, model, self._settings)
 
     def _pick_device(self) -> str:
