@@ -43,7 +43,7 @@ def qwen3() -> Iterator[Qwen3TtsDouble]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def rows(client: httpx.Client) -> dict[str, dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 
 import av
 import httpx
@@ -40,7 +41,7 @@ def double():
 
     yield make
     for server in started:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture
@@ -87,7 +88,6 @@ def assert_envelope(response: httpx.Response, status: int, kind: str, provider: 
 
 def test_listed_with_tts_capability_only_while_health_answers_200(double, gateway_for) -> None:
     server = double()
-    port = server.port
     gateway = gateway_for(server)
     with gateway.client(timeout=10) as client:
         entry = next(m for m in client.get("/v1/models").json()["data"] if m["id"] == MODEL)
@@ -100,25 +100,23 @@ def test_listed_with_tts_capability_only_while_health_answers_200(double, gatewa
         voices = client.get("/v1/audio/voices", params={"model": MODEL}).json()
         assert {"id": "vivian", "name": "Vivian"} in voices["voices"]
 
-        server.stop()
+        server.stop()  # refused from now on; the double keeps its port bound, so nobody else takes it
         assert wait_until(lambda: listed(client) == (False, False), timeout=5)
 
-        double(port=port)  # back on the same address
+        server.start()  # back on the same address
         assert wait_until(lambda: listed(client) == (True, True), timeout=5)
 
 
 @pytest.mark.parametrize("mode", ["503", "refuse"])
 def test_slow_start_is_not_listed_then_listed_and_served(double, gateway_for, mode: str) -> None:
-    # "503": warm until the test ends it below. "refuse": the double listens only after warmup_s, which
-    # it reads once at start; long enough that the gateway surely starts and asks before that.
-    server = double(warmup_s=3600 if mode == "503" else 8, warmup_mode=mode)
+    # Warm (503, or bound but not listening) until the test ends the warm-up below.
+    server = double(warmup_s=math.inf, warmup_mode=mode)
     gateway = gateway_for(server)
     with gateway.client(timeout=10) as client:
         assert listed(client) == (False, False)
         error = assert_envelope(speech(client), 503, "network")
         assert COMPOSE_COMMAND in error["message"]
-        if mode == "503":
-            server.warmup_s = 0  # warmed up
+        server.end_warmup()
         assert wait_until(lambda: listed(client) == (True, True), timeout=30)
         response = speech(client, response_format="wav")
         assert response.status_code == 200, response.text
@@ -239,23 +237,26 @@ def test_upstream_rejection_is_400_with_its_own_words(double, gateway_for) -> No
 
 
 def test_stream_format_audio_relays_chunks_as_they_come(double, gateway_for) -> None:
-    server = double(chunk_interval_s=0.5, chunk_seconds=0.2)
+    # 1.4 s of audio in 7 chunks; the double sends only the chunks the test releases.
+    server = double(step=True, chunk_seconds=0.2)
     gateway = gateway_for(server)
-    # 1.4 s of audio in 7 chunks, 0.5 s apart: 3 s from the first chunk to the last, so the upstream is
-    # surely still sending when the client holds the first bytes.
     text = "Six chunks of audio, one at a time."
+    server.release_next_chunk(2)
     with gateway.client(timeout=30) as client:
         with client.stream("POST", "/v1/audio/speech", json={"model": MODEL, "input": text, "voice": "vivian",
                                                              "response_format": "wav", "stream_format": "audio"}) as response:
             assert response.status_code == 200
             assert response.headers["content-type"] == "audio/wav"
             parts = response.iter_bytes()
-            first = next(parts)
+            body = b""
+            while len(body) <= 44:  # past the WAV header: audio the upstream sent
+                body += next(parts)
             call = server.speech_calls[0]
-            # The upstream is still synthesizing when the client holds audio.
-            assert call.finished_at is None
+            # The client holds audio while the upstream has sent at most the two released chunks of seven.
+            assert call.chunks_sent <= 2 and call.finished_at is None
             assert call.audio_bytes_sent < call.audio_bytes_total
-            body = first + b"".join(parts)
+            server.release_all()
+            body += b"".join(parts)
     assert call.done.wait(5) and call.outcome == "complete"
     assert body[:4] == b"RIFF"
     assert decoded_seconds(body) == pytest.approx(server.samples_for(text) / RATE, rel=0.05)
@@ -345,9 +346,10 @@ def test_drop_mid_stream_fails_each_response_kind_and_the_gateway_keeps_serving(
 
 
 def test_client_that_leaves_mid_stream_closes_the_upstream_request(double, gateway_for) -> None:
-    # 4.6 s of audio in 46 chunks, 0.5 s apart: about 23 s to send, so it is surely still sending when the client leaves.
-    server = double(chunk_interval_s=0.5, chunk_seconds=0.1)
+    # 4.6 s of audio in 46 chunks; the double sends only the chunks the test releases.
+    server = double(step=True, chunk_seconds=0.1)
     gateway = gateway_for(server)
+    server.release_next_chunk(1)
     with gateway.client(timeout=10) as client:
         with client.stream("POST", "/v1/audio/speech", json={"model": MODEL, "input": PARAGRAPH, "voice": "vivian",
                                                              "response_format": "pcm", "stream_format": "audio"}) as response:
@@ -356,27 +358,29 @@ def test_client_that_leaves_mid_stream_closes_the_upstream_request(double, gatew
             assert next(parts)
             call = server.speech_calls[0]
             # While the client holds the connection, the relay goes on.
-            assert wait_until(lambda: call.audio_bytes_sent >= 3 * 4800, timeout=15)
+            server.release_next_chunk(2)
+            assert server.wait_for_chunks(3)
             assert call.outcome == "pending"
             parts.close()  # the client leaves: its connection is closed with the body unread
-        # Ended by the gateway hanging up, well before the double would have sent the rest.
+        # Ended by the gateway hanging up: the double was still holding the fourth chunk.
         assert call.done.wait(15)
         assert call.client_gone, call.outcome
-        assert call.finished_at is None and call.audio_bytes_sent < call.audio_bytes_total
+        assert call.chunks_sent == 3 and call.finished_at is None
         # The gateway serves the next request.
+        server.release_all()
         response = speech(client, "Hi.", response_format="pcm")
         assert response.status_code == 200
         assert len(response.content) == 2 * server.samples_for("Hi.")
 
 
 def test_client_that_leaves_before_the_first_audio_closes_the_upstream_request(double, gateway_for) -> None:
-    server = double(first_audio_delay_s=5)
+    server = double(step=True)  # no chunk released: the first audio never comes
     gateway = gateway_for(server)
     with gateway.client(timeout=0.5) as client:
         with pytest.raises(httpx.ReadTimeout):
             speech(client, response_format="wav")
     call = server.speech_calls[0]
-    assert call.done.wait(3)
+    assert call.done.wait(10)
     assert call.client_gone, call.outcome
     assert call.audio_bytes_sent == 0
 

@@ -28,9 +28,12 @@ Faults, for the next file bodies (`queue_fault(name, fault, ...)`) or every one 
 `"drop"` (close the connection after `after` body bytes), `"corrupt"` (flip a byte in the middle:
 same size, wrong content), `"slow"` (the body in `chunk`-byte pieces `delay` s apart),
 `"ignore_range"` (200 with the whole file even when a Range was asked for), `"error_500"`,
-`"expired"` (the CDN's 403 AccessDenied for a signed link past its time).
+`"expired"` (the CDN's 403 AccessDenied for a signed link past its time), `"hold"` (send `after`
+body bytes, then nothing until `release()`; `wait_until_holding()` waits for a body to get there;
+a client that leaves or `stop()` ends the hold).
 A token: `token=` makes every hub request (not the CDN's) need `Authorization: Bearer TOKEN`.
-A refused connection: `stop()` the server. Every request is recorded (`requests`).
+A refused connection: `stop()` the server (its ports stay held; `start()` serves there again).
+Every request is recorded (`requests`).
 tests/doubles/test_hub_double.py checks all this with huggingface_hub itself as the client.
 
     with HubDouble() as hub:
@@ -55,9 +58,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from doubles.loopback import LoopbackServer
+from doubles.loopback import ClientWatch, LoopbackServer
 
-FAULTS = ("drop", "corrupt", "slow", "ignore_range", "error_500", "expired")
+FAULTS = ("drop", "corrupt", "slow", "ignore_range", "error_500", "expired", "hold")
 LFS_SUFFIXES = (".bin", ".onnx", ".safetensors", ".gguf", ".pt")
 
 
@@ -141,7 +144,7 @@ class HubDouble(LoopbackServer):
     label = "hub double"
 
     def __init__(self, *, token: str | None = None, fault: str | None = None, cdn_same_origin: bool = False,
-                 chunk_size: int = 256 * 1024, port: int = 0) -> None:
+                 chunk_size: int = 256 * 1024) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
         super().__init__()
@@ -149,15 +152,22 @@ class HubDouble(LoopbackServer):
         self.fault = fault
         self.cdn_same_origin = cdn_same_origin
         self.chunk_size = chunk_size
-        self.port = port
+        self.port = 0  # both until the first start() binds them
         self.cdn_port = 0
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[RecordedRequest] = []
         self._faults: dict[str, collections.deque[Fault]] = collections.defaultdict(collections.deque)
         self._blobs: dict[str, bytes] = {}
         self._writers: set[asyncio.StreamWriter] = set()
+        self._readers: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
+        # "hold": bodies that reached their hold point, and releases not yet used by one.
+        self._holds_reached = 0
+        self._holding = 0
+        self._releases = 0
+        self._hold_cond = threading.Condition()
+        self._release_event: asyncio.Event | None = None
 
     # -- content ----------------------------------------------------------------------------
 
@@ -192,6 +202,26 @@ class HubDouble(LoopbackServer):
 
     # -- control ----------------------------------------------------------------------------
 
+    def wait_until_holding(self, count: int = 1, timeout: float = 30.0) -> bool:
+        """Block until `count` bodies in all reached their "hold" point (True) or `timeout` passes (False)."""
+        with self._hold_cond:
+            return self._hold_cond.wait_for(lambda: self._holds_reached >= count, timeout)
+
+    @property
+    def holding(self) -> int:
+        """Bodies waiting at their hold point now."""
+        with self._hold_cond:
+            return self._holding
+
+    def release(self) -> None:
+        """Let one held body go on (a release given before any body holds is kept for the next one)."""
+        with self._hold_cond:
+            self._releases += 1
+        loop, event = self._loop, self._release_event
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -203,10 +233,11 @@ class HubDouble(LoopbackServer):
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
+        self._release_event = asyncio.Event()
         sockets: list[socket.socket] = []
         try:
-            for wanted in (self.port, 0):
-                sockets.append(self._bind_socket(wanted))
+            for role in ("hub", "cdn"):
+                sockets.append(self._listening_socket(role))
             self.port = sockets[0].getsockname()[1]
             self.cdn_port = sockets[1].getsockname()[1]
             hub = await asyncio.start_server(lambda r, w: self._connection(r, w, "hub"), sock=sockets[0], backlog=64)
@@ -237,6 +268,7 @@ class HubDouble(LoopbackServer):
         assert task is not None
         self._connections.add(task)
         self._writers.add(writer)
+        self._readers[writer] = reader
         try:
             while True:
                 try:
@@ -264,6 +296,7 @@ class HubDouble(LoopbackServer):
             return
         finally:
             self._writers.discard(writer)
+            self._readers.pop(writer, None)
             self._connections.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
@@ -408,6 +441,20 @@ class HubDouble(LoopbackServer):
             await writer.drain()
             request.body_bytes = cut
             return False  # the connection closes with the body short of Content-Length
+        if fault and fault.kind == "hold":
+            cut = min(fault.after, len(body))
+            writer.write(body[:cut])
+            await writer.drain()
+            request.body_bytes = cut
+            if await self._hold(writer):
+                return False
+            body, request.body_bytes = body[cut:], 0
+            for offset in range(0, len(body), self.chunk_size):
+                writer.write(body[offset:offset + self.chunk_size])
+                await writer.drain()
+                request.body_bytes += len(body[offset:offset + self.chunk_size])
+            request.body_bytes += cut
+            return True
         chunk = fault.chunk if fault and fault.kind == "slow" else self.chunk_size
         for offset in range(0, len(body), chunk):
             if fault and fault.kind == "slow" and offset:
@@ -420,6 +467,34 @@ class HubDouble(LoopbackServer):
             await writer.drain()
             request.body_bytes += len(body[offset:offset + chunk])
         return True
+
+    async def _hold(self, writer: asyncio.StreamWriter) -> str | None:
+        """Wait for this body's release(); "gone" or "stopping" if the client left or the server stops first."""
+        event = self._release_event
+        assert event is not None and self._stopping is not None
+        with self._hold_cond:
+            self._holds_reached += 1
+            self._holding += 1
+            self._hold_cond.notify_all()
+        watch = ClientWatch(self._readers[writer], self._stopping)  # type: ignore[arg-type]
+        try:
+            while True:
+                event.clear()
+                with self._hold_cond:
+                    if self._releases > 0:
+                        self._releases -= 1
+                        return None
+                waiter = asyncio.ensure_future(event.wait())
+                try:
+                    ended = await watch.pause(None, waiter)
+                finally:
+                    waiter.cancel()
+                if ended:
+                    return ended
+        finally:
+            with self._hold_cond:
+                self._holding -= 1
+            await watch.close()
 
     def _next_fault(self, name: str) -> Fault | None:
         queued = self._faults.get(name)

@@ -1,9 +1,16 @@
 """What the test doubles share: an asyncio server on 127.0.0.1, run in a thread of its own.
 
-A subclass names its thread (`thread_name`) and itself in errors (`label`), and writes `_main`: bind
-with `_bind_socket`, report a failure with `_startup_failed`, set `_ready` once it serves, and
-return when `_stopping` is set. `start()` serves (again, on the same port, after `stop()`);
-`stop()` cuts open connections and refuses new ones; `with double:` does both.
+A subclass names its thread (`thread_name`) and itself in errors (`label`), and writes `_main`: get
+its serving socket from `_listening_socket`, report a failure with `_startup_failed`, set `_ready`
+once it serves, and return when `_stopping` is set. `start()` serves (again, at the same address,
+after `stop()`); `stop()` cuts open connections and refuses new ones; `close()` also gives the port
+up; `with double:` starts and closes.
+
+A double's port is never free between a `stop()` and the next `start()`: from its first start until
+`close()` it is held by a socket that is bound and never listens (see `_listening_socket`), so while
+the double is down a connect is refused, as at a stopped server, and no other process can take the
+port meanwhile. A test restarts a double with `stop()` / `start()` on the same object, never by
+building another double on a port it remembered.
 """
 
 from __future__ import annotations
@@ -26,8 +33,13 @@ class LoopbackServer:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        # Per role ("main", or another port a double serves): the socket that holds its port.
+        self._held_ports: dict[str, socket.socket] = {}
+        self._closed = False
 
     def start(self) -> Self:
+        if self._closed:
+            raise RuntimeError(f"the {self.label} was closed: its port is given up, so it cannot serve there again")
         if self._thread is not None and self._thread.is_alive():
             return self
         self._ready = threading.Event()
@@ -52,11 +64,19 @@ class LoopbackServer:
         if listening is not None:
             listening.clear()
 
+    def close(self) -> None:
+        """Stop, and give the port up (the double cannot be started again)."""
+        self.stop()
+        self._closed = True
+        for holder in self._held_ports.values():
+            holder.close()
+        self._held_ports.clear()
+
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.close()
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -66,16 +86,19 @@ class LoopbackServer:
     async def _main(self) -> None:
         raise NotImplementedError
 
-    def _bind_socket(self, port: int) -> socket.socket:
-        """A TCP socket bound to 127.0.0.1:`port` (0: a free one), not listening yet; closed again if binding fails."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    def _listening_socket(self, role: str = "main") -> socket.socket:
+        """A TCP socket for this double's port `role`, bound and ready to listen; the same port on every start.
+
+        The first call binds a holder on 127.0.0.1 port 0, kept until `close()`: bound, never
+        listening, so when nothing serves the port a connect is refused (as at `conftest.refused_url`).
+        The serving socket joins it with SO_REUSEPORT, which only sockets of this user that set the
+        option too could do, and a port-0 bind is never given a port that is in use; so the port is
+        never free for another process to take between a `stop()` and a `start()`."""
+        holder = self._held_ports.get(role)
+        if holder is None:
+            holder = _port_sharing_socket(0)
+            self._held_ports[role] = holder
+        return _port_sharing_socket(holder.getsockname()[1])
 
     def _startup_failed(self, error: BaseException, *sockets: socket.socket | None) -> None:
         """`_main` could not start serving: close what it bound and hand `error` to `start()`."""
@@ -84,6 +107,18 @@ class LoopbackServer:
                 sock.close()
         self._startup_error = error
         self._ready.set()
+
+
+def _port_sharing_socket(port: int) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:`port` with SO_REUSEPORT, not listening; closed again if binding fails."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class ClientWatch:
@@ -102,9 +137,9 @@ class ClientWatch:
     def stopping(self) -> bool:
         return self._stop.done() and not self._stop.cancelled()
 
-    async def pause(self, seconds: float, *extra: asyncio.Future[Any]) -> str | None:
-        """Wait `seconds` (or until one of `extra` is done); "gone" or "stopping" if that came first."""
-        if seconds > 0:
+    async def pause(self, seconds: float | None, *extra: asyncio.Future[Any]) -> str | None:
+        """Wait `seconds` (None: without end) or until one of `extra` is done; "gone" or "stopping" if that came first."""
+        if seconds is None or seconds > 0:
             await asyncio.wait({self._read, self._stop, *extra}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         if self.gone:
             return "gone"

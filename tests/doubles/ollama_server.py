@@ -36,8 +36,8 @@ stops after `drop_after_chunks` chunks and hangs), `"error_midstream"` (stream: 
 when the runner fails mid-stream: one empty chunk with `"model": ""`, then the body ends without
 `[DONE]`). Pacing: `first_chunk_delay_s`, `chunk_interval_s`, and `step=True` (each chunk after the
 first waits for `release_next_chunk()`; `chunks_sent` / `wait_for_chunks()` tell what went out).
-`version_delay_s` delays `/api/version`, `models_delay_s` `/v1/models`. `stop()` refuses connections; `start()` again rebinds the
-same port. Every request is recorded (`requests`) with its peer and how it ended.
+`version_delay_s` delays `/api/version`, `models_delay_s` `/v1/models`. `stop()` refuses connections
+(the port stays held, so nobody else can take it); `start()` again serves at the same address. Every request is recorded (`requests`) with its peer and how it ended.
 
     with OllamaDouble() as ollama:
         client = openai.OpenAI(base_url=ollama.url + "/v1", api_key="ollama")
@@ -741,7 +741,6 @@ class OllamaDouble(LoopbackServer):
         keep_alive_s: float = DEFAULT_KEEP_ALIVE_S,
         vram_fraction: float = 0.0,
         unload_delay_s: float = 0.0,
-        port: int = 0,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
@@ -775,7 +774,7 @@ class OllamaDouble(LoopbackServer):
         self.unload_delay_s = unload_delay_s
         # Models in memory by canonical name (what /api/ps lists).
         self.running: dict[str, RunningModel] = {}
-        self.port = port
+        self.port = 0  # until the first start() binds one
         self.requests: list[RecordedRequest] = []
         self.listening = threading.Event()
         self._faults: collections.deque[str] = collections.deque()
@@ -912,7 +911,7 @@ class OllamaDouble(LoopbackServer):
         self._release_event = asyncio.Event()
         sock: socket.socket | None = None
         try:
-            sock = self._bind_socket(self.port)
+            sock = self._listening_socket()
             self.port = sock.getsockname()[1]
             server = await asyncio.start_server(self._connection, sock=sock, backlog=128)
         except BaseException as error:

@@ -21,8 +21,12 @@ Faults, per instance (`fault=`) or for the next speech requests (`queue_fault()`
 answers, for at most `max_hang_s`), `"stall"` (headers and the first audio chunk, then nothing),
 `"drop"` (closes the connection after `drop_after_chunks` audio chunks). A slow start:
 `warmup_s` with `warmup_mode="503"` (health 503, speech 503) or `"refuse"` (the port is bound
-but not listening, so connections are refused); `first_audio_delay_s` delays the first audio of
-every request. A refused connection: `stop()` the server. Every request is recorded
+but not listening, so connections are refused); `warmup_s=math.inf` warms until `end_warmup()`,
+which ends a warm-up of either mode at once. `first_audio_delay_s` delays the first audio of every
+request. `step=True` holds each audio chunk of a response (the first included; a whole-file body
+is one chunk) until `release_next_chunk()` lets it go; `release_all()` leaves step mode;
+`wait_for_chunks()` waits until a number of chunks went out. A refused connection: `stop()` the
+server (its port stays held; `start()` serves there again). Every request is recorded
 (`requests`, `speech_calls`, `speech_bodies`), including whether the client went away early.
 
     with Qwen3TtsDouble(chunk_interval_s=0.1) as server:
@@ -36,6 +40,7 @@ import base64
 import collections
 import contextlib
 import json
+import math
 import struct
 import threading
 import time
@@ -88,6 +93,7 @@ class SpeechCall:
     finished_at: float | None = None
     audio_bytes_sent: int = 0
     audio_bytes_total: int = 0
+    chunks_sent: int = 0
     # complete | rejected | failed | hung | stalled | dropped | client_gone | stopped
     outcome: str = "pending"
     done: threading.Event = field(default_factory=threading.Event)
@@ -167,7 +173,7 @@ class Qwen3TtsDouble(LoopbackServer):
         hang_health: bool = False,
         voices_endpoint: bool = True,
         api_key: str | None = None,
-        port: int = 0,
+        step: bool = False,
     ) -> None:
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {FAULTS}")
@@ -195,12 +201,19 @@ class Qwen3TtsDouble(LoopbackServer):
         self.hang_health = hang_health
         self.voices_endpoint = voices_endpoint
         self.api_key = api_key
-        self.port = port
+        self.step = step
+        self.port = 0  # until the first start() binds one
         self.requests: list[RecordedRequest] = []
         self.speech_calls: list[SpeechCall] = []
         self.listening = threading.Event()
         self._faults: collections.deque[str] = collections.deque()
         self._started_at = 0.0
+        self._warmup_over: asyncio.Event | None = None
+        self._releases = 0
+        self._release_lock = threading.Lock()
+        self._release_event: asyncio.Event | None = None
+        self._chunks_sent = 0
+        self._chunk_cond = threading.Condition()
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -223,22 +236,55 @@ class Qwen3TtsDouble(LoopbackServer):
     def samples_for(self, text: str, speed: float = 1.0) -> int:
         return int(synthesize(text, self.sample_rate, self.seconds_per_char, self.min_seconds, speed).size)
 
+    def end_warmup(self) -> None:
+        """The model has loaded: health answers 200 and, in "refuse" mode, the port starts listening."""
+        self.warmup_s = 0
+        self._wake(self._warmup_over)
+
+    def release_next_chunk(self, count: int = 1) -> None:
+        """Step mode: let `count` more audio chunks go out (a release given early is kept)."""
+        with self._release_lock:
+            self._releases += count
+        self._wake(self._release_event)
+
+    def release_all(self) -> None:
+        """Leave step mode: every held and later chunk goes out without waiting."""
+        self.step = False
+        self._wake(self._release_event)
+
+    def wait_for_chunks(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until `count` audio chunks went out in all (True) or `timeout` passes (False)."""
+        with self._chunk_cond:
+            return self._chunk_cond.wait_for(lambda: self._chunks_sent >= count, timeout)
+
+    def _wake(self, event: asyncio.Event | None) -> None:
+        loop = self._loop
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
+        self._warmup_over = asyncio.Event()
+        self._release_event = asyncio.Event()
         try:
-            sock = self._bind_socket(self.port)
+            sock = self._listening_socket()
         except BaseException as error:
             self._startup_failed(error)
             return
         self.port = sock.getsockname()[1]
         self._started_at = time.monotonic()
         self._ready.set()
+        assert self._stopping is not None
         try:
             if self.warmup_s > 0 and self.warmup_mode == "refuse":
                 # Bound but not listening: a connect is refused, as while the container starts.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.warmup_s)
+                waits = {asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(self._warmup_over.wait())}
+                _, pending = await asyncio.wait(waits, timeout=None if math.isinf(self.warmup_s) else self.warmup_s,
+                                                return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending:
+                    waiter.cancel()
                 if self._stopping.is_set():
                     return
             server = await asyncio.start_server(self._connection, sock=sock, backlog=64)
@@ -496,11 +542,12 @@ class Qwen3TtsDouble(LoopbackServer):
         for index, piece in enumerate(pieces):
             if call.fault == "drop" and index == self.drop_after_chunks:
                 return self._drop(call, writer)
-            if watch.gone:
+            if await self._wait_release(watch) or watch.gone:
                 return self._ended_early(call, watch)
             await self._chunk(writer, piece)
             call.audio_bytes_sent += len(piece)
             call.first_audio_at = call.first_audio_at or time.monotonic()
+            self._count_chunk(call)
             if call.fault == "stall":
                 return await self._hang(call, watch, outcome="stalled")
             if index + 1 < len(pieces) and await watch.pause(self.chunk_interval_s):
@@ -524,13 +571,14 @@ class Qwen3TtsDouble(LoopbackServer):
         for index, piece in enumerate(pieces):
             if call.fault == "drop" and index == self.drop_after_chunks:
                 return self._drop(call, writer)
-            if watch.gone:
+            if await self._wait_release(watch) or watch.gone:
                 return self._ended_early(call, watch)
             delta = {"type": "speech.audio.delta", "audio": base64.b64encode(piece).decode("ascii"),
                      "response_format": response_format}
             await self._chunk(writer, f"event: speech.audio.delta\ndata: {json.dumps(delta)}\n\n".encode())
             call.audio_bytes_sent += len(piece)
             call.first_audio_at = call.first_audio_at or time.monotonic()
+            self._count_chunk(call)
             if call.fault == "stall":
                 return await self._hang(call, watch, outcome="stalled")
             if index + 1 < len(pieces) and await watch.pause(self.chunk_interval_s):
@@ -549,7 +597,7 @@ class Qwen3TtsDouble(LoopbackServer):
 
     async def _whole(self, call: SpeechCall, request: dict[str, Any], pcm: bytes, watch: ClientWatch,
                      writer: asyncio.StreamWriter) -> bool:
-        if await watch.pause(self.first_audio_delay_s):
+        if await watch.pause(self.first_audio_delay_s) or await self._wait_release(watch):
             return self._ended_early(call, watch)
         # The double encodes only wav and pcm; other formats get a WAV body, as if encoded.
         body = (wav_header(self.sample_rate, len(pcm)) + pcm) if request["response_format"] != "pcm" else pcm
@@ -571,6 +619,7 @@ class Qwen3TtsDouble(LoopbackServer):
             await writer.drain()
             call.audio_bytes_sent = len(half)
             call.first_audio_at = time.monotonic()
+            self._count_chunk(call)
             if call.fault == "drop":
                 return self._drop(call, writer)
             return await self._hang(call, watch, outcome="stalled")
@@ -579,8 +628,36 @@ class Qwen3TtsDouble(LoopbackServer):
         await writer.drain()
         call.audio_bytes_sent = len(body)
         call.first_audio_at = call.finished_at = time.monotonic()
+        self._count_chunk(call)
         call.outcome = "complete"
         return True
+
+    async def _wait_release(self, watch: ClientWatch) -> str | None:
+        """Step mode: wait for a release_next_chunk(); "gone"/"stopping" if the client or the server ended first."""
+        event = self._release_event
+        assert event is not None
+        while self.step:
+            with self._release_lock:
+                if self._releases > 0:
+                    self._releases -= 1
+                    return None
+            event.clear()
+            if not self.step or self._releases > 0:  # released between the check and the clear
+                continue
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                ended = await watch.pause(None, waiter)
+            finally:
+                waiter.cancel()
+            if ended:
+                return ended
+        return None
+
+    def _count_chunk(self, call: SpeechCall) -> None:
+        call.chunks_sent += 1
+        with self._chunk_cond:
+            self._chunks_sent += 1
+            self._chunk_cond.notify_all()
 
     async def _hang(self, call: SpeechCall, watch: ClientWatch, outcome: str = "hung") -> bool:
         ended = await watch.pause(self.max_hang_s)

@@ -89,7 +89,7 @@ class RecordingProxy(LoopbackServer):
     async def _main(self) -> None:
         sock: socket.socket | None = None
         try:
-            sock = self._bind_socket(self.port)
+            sock = self._listening_socket()
             self.port = sock.getsockname()[1]
             server = await asyncio.start_server(self._connection, sock=sock, backlog=64)
         except BaseException as error:

@@ -4,11 +4,14 @@ tests rely on is the one real clients read."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import socket
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until
 
 from doubles.hub_server import HubDouble, git_blob_oid
 
@@ -76,3 +79,53 @@ def test_ranges_on_the_hub_and_on_the_cdn(hub: HubDouble) -> None:
         assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(WEIGHTS)}"
         head = client.head(redirect.headers["location"])
         assert head.status_code == 200 and int(head.headers["content-length"]) == len(WEIGHTS) and not head.content
+
+
+def test_a_held_body_waits_for_its_release_and_then_ends_whole(hub: HubDouble) -> None:
+    hub.queue_fault("model.bin", "hold", after=1000)
+    with httpx.Client() as client:
+        location = client.get(f"{hub.url}/{REPO}/resolve/main/model.bin").headers["location"]
+        with client.stream("GET", location) as response:
+            parts = response.iter_raw(1000)
+            assert next(parts) == WEIGHTS[:1000]
+            assert hub.wait_until_holding(1)
+            cdn = hub.requests[-1]
+            assert cdn.origin == "cdn" and cdn.body_bytes == 1000  # nothing past the hold point went out
+            hub.release()
+            assert WEIGHTS[:1000] + b"".join(parts) == WEIGHTS
+        assert cdn.body_bytes == len(WEIGHTS)
+
+
+def test_a_held_body_ends_when_its_client_leaves(hub: HubDouble) -> None:
+    hub.queue_fault("model.bin", "hold", after=10)
+    with httpx.Client() as client:
+        location = client.get(f"{hub.url}/{REPO}/resolve/main/model.bin").headers["location"]
+        with client.stream("GET", location) as response:
+            assert next(response.iter_raw(10)) == WEIGHTS[:10]
+            assert hub.wait_until_holding(1) and hub.holding == 1
+        # Never released: the hold ends because its client hung up, and the server serves on.
+        assert wait_until(lambda: hub.holding == 0, timeout=10)
+        assert hub.requests[-1].body_bytes == 10
+        assert client.get(location).content == WEIGHTS
+
+
+def test_stopped_it_refuses_connections_and_keeps_both_ports_until_closed() -> None:
+    hub = HubDouble().start()
+    try:
+        hub.add_repo(REPO, {"model.bin": WEIGHTS})
+        ports = (hub.port, hub.cdn_port)
+        hub.stop()
+        for port in ports:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://127.0.0.1:{port}/")
+            with socket.socket() as other, pytest.raises(OSError) as taken:
+                other.bind(("127.0.0.1", port))
+            assert taken.value.errno == errno.EADDRINUSE
+        hub.start()
+        assert (hub.port, hub.cdn_port) == ports
+        with httpx.Client(follow_redirects=True) as client:
+            assert client.get(f"{hub.url}/{REPO}/resolve/main/model.bin").content == WEIGHTS
+    finally:
+        hub.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        hub.start()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import queue
+import socket
 import threading
 
 import httpx
@@ -207,6 +209,10 @@ def test_slow_version_stop_restart_and_chunked_request_body():
         ollama.stop()
         with pytest.raises(httpx.ConnectError):
             httpx.get(ollama.url + "/api/version")
+        # Down, the port is still held: nobody else can take it before the restart below.
+        with socket.socket() as other, pytest.raises(OSError) as taken:
+            other.bind(("127.0.0.1", port))
+        assert taken.value.errno == errno.EADDRINUSE
         ollama.start()
         assert ollama.port == port
         assert httpx.get(ollama.url + "/api/version").status_code == 200

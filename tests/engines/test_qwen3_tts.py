@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import struct
 import time
 from pathlib import Path
@@ -309,7 +310,7 @@ def double():
 
     yield make
     for server in started:
-        server.stop()
+        server.close()
 
 
 def test_probe_lists_the_model_while_health_answers_200(double) -> None:
@@ -338,9 +339,8 @@ def test_probe_of_a_refused_port_says_nothing_answers_and_how_to_start_it() -> N
 
 @pytest.mark.parametrize("mode", ["503", "refuse"])
 def test_probe_while_the_server_warms_up_is_unavailable_then_visible(double, mode: str) -> None:
-    # "503": warm until the test ends it below. "refuse": the double starts listening after warmup_s,
-    # which it reads once at start; that is long enough that the first probe surely comes before.
-    server = double(warmup_s=3600 if mode == "503" else 5, warmup_mode=mode)
+    # Warm (503, or bound but not listening) until the test ends the warm-up below.
+    server = double(warmup_s=math.inf, warmup_mode=mode)
     backend = backend_for(server.url)
     status = backend.probe()
     assert status.cards == ()
@@ -350,8 +350,8 @@ def test_probe_while_the_server_warms_up_is_unavailable_then_visible(double, mod
     else:
         assert "nothing answers" in missing.reason
     assert COMPOSE_COMMAND in missing.fix
-    if mode == "503":
-        server.warmup_s = 0  # warmed up
+    assert not backend.probe().cards  # still warm: only end_warmup() ends it
+    server.end_warmup()
     deadline = time.monotonic() + 30
     while not backend.probe().cards:
         assert time.monotonic() < deadline, "still not visible after the warm-up"
@@ -434,7 +434,7 @@ def test_speak_sends_the_api_key(double) -> None:
         ({"fault": "drop", "drop_after_chunks": 2}, ErrorKind.UNKNOWN, "dropped the connection after 0.4 s of audio"),
         ({"fault": "hang"}, ErrorKind.TIMEOUT, "did not answer within 0.3 s"),
         ({"fault": "stall"}, ErrorKind.TIMEOUT, "sent nothing for 0.3 s after 0.2 s of audio"),
-        ({"warmup_s": 30}, ErrorKind.NETWORK, "still loading"),
+        ({"warmup_s": math.inf}, ErrorKind.NETWORK, "still loading"),
     ],
 )
 def test_speak_failures_are_errors_of_the_right_kind(double, fault_kwargs: dict, kind: ErrorKind, words: str) -> None:
@@ -472,7 +472,8 @@ def test_a_server_running_another_model_is_a_configuration_error_not_the_clients
 
 
 def test_closing_the_stream_early_closes_the_upstream_request(double) -> None:
-    server = double(chunk_interval_s=0.2)
+    server = double(step=True)  # one chunk released: the double holds the second until the client has left
+    server.release_next_chunk()
     backend = backend_for(server.url)
 
     async def first_chunk_then_leave() -> None:
@@ -486,9 +487,9 @@ def test_closing_the_stream_early_closes_the_upstream_request(double) -> None:
 
     asyncio.run(asyncio.wait_for(first_chunk_then_leave(), 10))
     call = server.speech_calls[0]
-    assert call.done.wait(5)
-    assert call.client_gone
-    assert call.audio_bytes_sent < call.audio_bytes_total
+    assert call.done.wait(10)
+    assert call.client_gone, call.outcome
+    assert call.chunks_sent == 1 and call.audio_bytes_sent < call.audio_bytes_total
 
 
 # -- the shipped compose file -----------------------------------------------------------------
