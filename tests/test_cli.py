@@ -169,27 +169,25 @@ def test_two_pulls_of_one_model_at_once_both_succeed(tmp_path: Path) -> None:
     vad = bytes(range(256)) * 8000
     with HubDouble() as hub:
         hub.add_repo("csukuangfj/vad", {"silero_vad.onnx": vad})
-        # Paced, so the first pull is surely still downloading when the test pauses it below.
-        hub.queue_fault("silero_vad.onnx", "slow", chunk=100_000, delay=0.5)
+        # The first pull's download stops after 100 kB until the test releases it, once the second
+        # pull has said it waits: the order comes from what the processes did, not from how fast they ran.
+        hub.queue_fault("silero_vad.onnx", "hold", after=100_000)
         env = {**os.environ, "AISTACK_CACHE_DIR": str(tmp_path), "AISTACK_HUB_URL": hub.url}
         command = [sys.executable, "-m", "aistack", "pull", "silero-vad"]
         first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         second_log = tmp_path / "second.err"
         try:
-            # Downloading: the first pull holds the lock. Paused (by its PID) until the second pull has
-            # said it waits, so the order comes from what the processes did, not from how fast they ran.
-            while not any(r.origin == "cdn" for r in hub.requests) and first.poll() is None:
-                time.sleep(0.02)
-            os.kill(first.pid, signal.SIGSTOP)
-            assert first.poll() is None, "the first pull finished before it could be paused mid-download"
+            # Held mid-download: the first pull holds the lock (its read timeout is a minute).
+            assert hub.wait_until_holding(1, timeout=60), first.poll()
             with second_log.open("w") as err_file:
                 second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 50
             while "waiting for another pull" not in second_log.read_text() and second.poll() is None:
                 assert time.monotonic() < deadline, second_log.read_text()
                 time.sleep(0.05)
+            assert first.poll() is None and hub.holding == 1  # still held: the wait is on the first pull
         finally:
-            os.kill(first.pid, signal.SIGCONT)
+            hub.release()
         out, err = first.communicate(timeout=60)
         second_out, _ = second.communicate(timeout=60)
     second_err = second_log.read_text()

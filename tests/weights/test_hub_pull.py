@@ -28,6 +28,7 @@ from aistack.weights.hub import (
     pullable_models,
 )
 from aistack.weights.resolver import WeightResolver, package_dir
+from conftest import refused_url
 from doubles.hub_server import HubDouble, git_blob_oid
 
 VAD_REPO = "csukuangfj/vad"
@@ -298,10 +299,7 @@ def test_a_private_repo_needs_a_token_and_a_gated_one_its_terms(cache: Path) -> 
 
 
 def test_an_unreachable_hub_names_the_url_and_the_setting(cache: Path) -> None:
-    hub = HubDouble().start()
-    url = hub.url
-    hub.stop()
-    with pytest.raises(HubUnreachable) as failure:
+    with refused_url() as url, pytest.raises(HubUnreachable) as failure:  # bound, never listening: refused
         make_puller(cache, url).pull("silero-vad")
     assert url in str(failure.value) and "AISTACK_HUB_URL" in str(failure.value)
 
@@ -357,12 +355,14 @@ def test_an_expired_cdn_link_is_resolved_again(hub: HubDouble, cache: Path) -> N
 
 
 def test_a_stalled_body_times_out_and_resumes(hub: HubDouble, cache: Path) -> None:
-    hub.queue_fault("silero_vad.onnx", "slow", chunk=400_000, delay=2.0)
+    # 400 kB, then nothing until a release that never comes: only the read timeout ends the wait.
+    hub.queue_fault("silero_vad.onnx", "hold", after=400_000)
     progress = Recorder()
     result = make_puller(cache, hub.url, read_timeout_s=0.5, progress=progress).pull("silero-vad")
     assert (result.path / "silero_vad.onnx").read_bytes() == VAD_BYTES
     cdn = [r for r in hub.requests if r.origin == "cdn"]
-    assert cdn[1].range == f"bytes={progress.bars[0][3]}-" and progress.bars[0][3] >= 400_000
+    assert len(cdn) == 2 and cdn[0].body_bytes == 400_000
+    assert progress.bars[0][3] == 400_000 and cdn[1].range == "bytes=400000-"
 
 
 def test_concurrent_pulls_of_one_model_wait_for_each_other(hub: HubDouble, cache: Path) -> None:
