@@ -296,9 +296,10 @@ def test_a_client_that_leaves_stops_synthesis_and_frees_the_slot(make_inprocess_
             # The connection is closed; the engine goes on only once the server has noticed (it then
             # tells the held job's lease to stop).
             cpu = runtime.scheduler.queue("cpu")
-            assert wait_until(lambda: any(lease.stop.is_set() for lease in list(cpu._holders)), timeout=20)
+            assert wait_until(lambda: cpu.stopping == 1, timeout=20)
             client_left.set()
             assert wait_until(lambda: runtime.scheduler.total_running() == 0, timeout=20)
+            assert cpu.stopping == 0  # the stopped job gave its slot back
             assert max(steps) <= 2, steps  # LONG_PARAGRAPH has ten sentences; it stopped at the next one
             assert all(e.in_use == 0 for e in runtime.lifecycle.entries())
             again = client.post("/v1/audio/speech", json={"input": "Served again.", "response_format": "wav"})

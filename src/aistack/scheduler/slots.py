@@ -102,6 +102,12 @@ class DeviceQueue:
     def busy(self) -> int:
         return self.slots - self._free
 
+    @property
+    def stopping(self) -> int:
+        """Slots still held by a job whose request is over: told to stop, not ended yet."""
+        # A copy first: this may be read from another thread while the loop grants and releases.
+        return sum(1 for lease in tuple(self._holders) if lease.stop.is_set())
+
     async def acquire(self, capability: str) -> Lease:
         if self._free > 0 and not self._waiters:
             self._free -= 1
