@@ -15,6 +15,8 @@ from conftest import Gateway, assert_envelope, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.slow
 
+ONNXRUNTIME_SESSION_FILE = ".ses"
+
 
 @pytest.fixture(scope="module")
 def small_limit_gateway(models_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
@@ -146,7 +148,8 @@ def test_after_bad_input_the_server_serves_and_left_no_temp_files(
     assert response.status_code == 200 and response.json()["text"]
     with gateway.client() as client:
         assert client.get("/health").json()["status"] == "ok"
-    assert os.listdir(gateway.tmpdir) == []
+    # onnxruntime (Piper, Silero VAD) writes its telemetry session id to TMPDIR/.ses once per process.
+    assert [name for name in os.listdir(gateway.tmpdir) if name != ONNXRUNTIME_SESSION_FILE] == []
     # Anonymous temp files are unlinked at once, so look at what the process still holds open.
     held = [os.readlink(f"/proc/{gateway.process.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{gateway.process.pid}/fd")]
     assert [target for target in held if str(gateway.tmpdir) in target or "(deleted)" in target] == []
