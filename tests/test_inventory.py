@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from clocks import SteppedClock, stepped_clock_fixture
 
 from aistack import inventory as inventory_module
 from aistack.engines.base import BackendStatus, ModelCard
@@ -18,21 +19,7 @@ from aistack.inventory import AUTO_ID, Inventory, Snapshot
 PROBE_TIMEOUT_S = 1.0
 
 
-class SteppedClock:
-    """Stands for the `time` module in aistack.inventory: `monotonic()` moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
-    stepped = SteppedClock()
-    monkeypatch.setattr(inventory_module, "time", stepped)
-    return stepped
+clock = stepped_clock_fixture(inventory_module)  # aistack.inventory reads this clock in the tests that take `clock`
 
 
 def asr(model_id: str, provider: str = "faster-whisper", streaming: bool = True, created: int = 100, translate: bool = False) -> ModelCard:

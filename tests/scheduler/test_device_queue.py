@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from clocks import SteppedClock, stepped_clock_fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,21 +20,7 @@ from aistack.scheduler import slots
 from aistack.scheduler.slots import DeviceQueue, Lease
 
 
-class SteppedClock:
-    """Stands for the `time` module in aistack.scheduler.slots: `monotonic()` moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> SteppedClock:
-    stepped = SteppedClock()
-    monkeypatch.setattr(slots, "time", stepped)
-    return stepped
+clock = stepped_clock_fixture(slots)  # aistack.scheduler.slots reads this clock in the tests that take `clock`
 
 
 def run(test: Callable[[], Awaitable[Any]]) -> Any:
