@@ -17,10 +17,13 @@ from typing import Any
 
 import psutil
 import pytest
+from clocks import SteppedClock, stepped_clock_fixture
 from conftest import run_on_runtime
 
+from aistack import lifecycle as lifecycle_module
 from aistack.engines.base import ModelCard
 from aistack.engines.whisper import WhisperTranscriber, card_for
+from aistack.lifecycle import ModelLifecycle
 from aistack.runtime import Runtime, build_runtime
 from aistack.settings import ModelLifecycleSettings, Settings
 from aistack.weights.catalog import WHISPER_BY_ID
@@ -94,6 +97,31 @@ async def wait_until(condition: Callable[[], bool], timeout: float, step: float 
     return time.monotonic() - started
 
 
+async def settle(iterations: int = 20) -> None:
+    """Let every task and callback that is ready run until each waits on something (no time passes)."""
+    for _ in range(iterations):
+        await asyncio.sleep(0)
+
+
+def reaper_passes(lifecycle: ModelLifecycle, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """From now on, each pass of the reaper over the entries (an `expire_idle` call): the ids it chose."""
+    passes: list[list[str]] = []
+    expire_idle = lifecycle.expire_idle
+
+    def counted() -> list[str]:
+        chosen = expire_idle()
+        passes.append(chosen)
+        return chosen
+
+    monkeypatch.setattr(lifecycle, "expire_idle", counted)
+    return passes
+
+
+# Keep-alives are measured on this clock (it stands for aistack.lifecycle's `time`), moved by the
+# test, so whether a model has been idle long enough never depends on how busy the machine is.
+clock = stepped_clock_fixture(lifecycle_module)
+
+
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO, logger="aistack")
@@ -142,23 +170,25 @@ def test_nothing_is_loaded_until_first_checkout_and_concurrent_checkouts_load_on
 # -- keep-alive ----------------------------------------------------------------------------------
 
 
-def test_idle_model_expires_after_keep_alive(models_cache: Path, logs) -> None:
-    runtime = make_runtime(models_cache, keep_alive_s=0.3)
+def test_idle_model_expires_after_keep_alive(models_cache: Path, logs, clock: SteppedClock) -> None:
+    runtime = make_runtime(models_cache, keep_alive_s=0.25)
     lifecycle = runtime.lifecycle
 
     async def body() -> None:
         (tiny,) = await cards(runtime, TINY)
         await lifecycle.checkout(tiny)
+        clock.now += 60  # in use for a minute: its keep-alive counts from the checkin
         lifecycle.checkin(TINY)
         entry = lifecycle.entry(TINY)
         assert entry is not None and entry.state == "loaded"
+        assert lifecycle.expires_in_s(entry) == 0.25
 
-        assert lifecycle.expire_idle() == []  # idle for far less than 0.3 s
-        remaining = lifecycle.expires_in_s(entry)
-        assert remaining is not None and 0 < remaining <= 0.3
+        clock.now += 0.125
+        assert lifecycle.expire_idle() == []  # idle for half its keep-alive
+        assert lifecycle.expires_in_s(entry) == 0.125
         assert lifecycle.entry(TINY) is entry and not entry.leaving
 
-        await asyncio.sleep(0.35)
+        clock.now += 0.125  # idle for exactly its keep-alive
         assert lifecycle.expires_in_s(entry) == 0.0
         assert lifecycle.expire_idle() == [TINY]
         assert entry.leaving
@@ -166,14 +196,17 @@ def test_idle_model_expires_after_keep_alive(models_cache: Path, logs) -> None:
         await asyncio.wait_for(asyncio.shield(entry.unloading), timeout=10)
         assert lifecycle.entry(TINY) is None
         assert lifecycle.entries() == []
-        assert any(m.startswith(f"unloaded {TINY} (idle for 0.3 s)") for m in lifecycle_messages(logs))
+        assert any(m.startswith(f"unloaded {TINY} (idle for 0.25 s)") for m in lifecycle_messages(logs))
 
     run(runtime, body)
 
 
-def test_reaper_unloads_an_idle_model_by_itself_and_the_next_checkout_loads_it_again(models_cache: Path, logs) -> None:
-    runtime = make_runtime(models_cache, keep_alive_s=0.3)
+def test_reaper_unloads_an_idle_model_by_itself_and_the_next_checkout_loads_it_again(
+    models_cache: Path, logs, clock: SteppedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = make_runtime(models_cache, keep_alive_s=0.25)
     lifecycle = runtime.lifecycle
+    passes = reaper_passes(lifecycle, monkeypatch)
 
     async def body() -> None:
         (tiny,) = await cards(runtime, TINY)
@@ -182,11 +215,20 @@ def test_reaper_unloads_an_idle_model_by_itself_and_the_next_checkout_loads_it_a
             await lifecycle.checkout(tiny)
             lifecycle.checkin(TINY)
             assert loads_of(logs, TINY) == 1
-            idle_from = time.monotonic()
+            entry = lifecycle.entry(TINY)
+            assert entry is not None
 
-            # The reaper looks every 0.075 s here; give it ample slack on a busy machine.
-            await wait_until(lambda: lifecycle.entry(TINY) is None, timeout=5)
-            assert time.monotonic() - idle_from >= 0.3 - 0.01  # not before its keep-alive ran out
+            # The reaper looks every 0.0625 s (of the event loop's time); the generous deadlines are
+            # for a busy machine. Short of its keep-alive, it is left alone pass after pass.
+            clock.now += 0.125
+            seen = len(passes)
+            await wait_until(lambda: len(passes) >= seen + 2, timeout=10)
+            assert lifecycle.entry(TINY) is entry and not entry.leaving
+            assert all(chosen == [] for chosen in passes)
+
+            clock.now += 0.125  # its keep-alive has run out: the reaper's next pass unloads it
+            await wait_until(lambda: lifecycle.entry(TINY) is None, timeout=10)
+            assert passes.count([TINY]) == 1
             assert not reaper.done()
 
             model = await lifecycle.checkout(tiny)
@@ -195,10 +237,15 @@ def test_reaper_unloads_an_idle_model_by_itself_and_the_next_checkout_loads_it_a
             entry = lifecycle.entry(TINY)
             assert entry is not None and entry.in_use == 1
             # In use: the reaper leaves it alone however long that lasts.
-            await asyncio.sleep(0.5)
-            assert lifecycle.entry(TINY) is entry
+            clock.now += 3600
+            seen = len(passes)
+            await wait_until(lambda: len(passes) >= seen + 2, timeout=10)
+            assert lifecycle.entry(TINY) is entry and not entry.leaving
+            assert passes.count([TINY]) == 1
             lifecycle.checkin(TINY)
-            await wait_until(lambda: lifecycle.entry(TINY) is None, timeout=5)
+            clock.now += 0.25
+            await wait_until(lambda: lifecycle.entry(TINY) is None, timeout=10)
+            assert passes.count([TINY]) == 2
         finally:
             reaper.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -207,7 +254,7 @@ def test_reaper_unloads_an_idle_model_by_itself_and_the_next_checkout_loads_it_a
     run(runtime, body)
 
 
-def test_negative_keep_alive_never_expires(models_cache: Path, logs) -> None:
+def test_negative_keep_alive_never_expires(models_cache: Path, logs, clock: SteppedClock) -> None:
     runtime = make_runtime(models_cache, keep_alive_s=-1)
     lifecycle = runtime.lifecycle
 
@@ -216,7 +263,7 @@ def test_negative_keep_alive_never_expires(models_cache: Path, logs) -> None:
         await lifecycle.load(tiny)
         entry = lifecycle.entry(TINY)
         assert entry is not None
-        entry.idle_since -= 24 * 3600  # as if idle for a day
+        clock.now += 24 * 3600  # idle for a day
         assert lifecycle.expire_idle() == []
         assert lifecycle.expires_in_s(entry) is None
         assert lifecycle.entry(TINY) is entry and not entry.leaving
@@ -224,11 +271,14 @@ def test_negative_keep_alive_never_expires(models_cache: Path, logs) -> None:
     run(runtime, body)
 
 
-def test_zero_keep_alive_unloads_at_the_next_reaper_tick_after_the_last_checkin(models_cache: Path, logs) -> None:
+def test_zero_keep_alive_unloads_at_the_next_reaper_tick_after_the_last_checkin(
+    models_cache: Path, logs, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Like Ollama's keep_alive 0: unloaded as soon as it is idle, but only at the reaper's next tick,
     so a request queued for the same model that gets the slot right away still finds it loaded."""
     runtime = make_runtime(models_cache, keep_alive_s=0)
     lifecycle = runtime.lifecycle
+    passes = reaper_passes(lifecycle, monkeypatch)
 
     async def body() -> None:
         reaper = asyncio.create_task(lifecycle.run_reaper())
@@ -239,15 +289,16 @@ def test_zero_keep_alive_unloads_at_the_next_reaper_tick_after_the_last_checkin(
             assert entry is not None and entry.in_use == 2
 
             lifecycle.checkin(TINY)
-            await asyncio.sleep(0.6)  # two reaper ticks
+            seen = len(passes)
+            await wait_until(lambda: len(passes) >= seen + 2, timeout=10)  # two reaper ticks
             assert lifecycle.entry(TINY) is entry and entry.state == "loaded"  # still used by one
+            assert all(chosen == [] for chosen in passes[seen:])
 
             lifecycle.checkin(TINY)
-            assert entry.state == "loaded"  # not inside checkin
-            deadline = time.monotonic() + 10
-            while lifecycle.entries() and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert lifecycle.entries() == []
+            assert entry.state == "loaded" and not entry.leaving  # not inside checkin
+            seen = len(passes)
+            await wait_until(lambda: lifecycle.entries() == [], timeout=10)
+            assert passes[seen] == [TINY]  # the first tick after the last checkin
             assert any(m.startswith(f"unloaded {TINY} (idle for 0 s)") for m in lifecycle_messages(logs))
         finally:
             reaper.cancel()
@@ -258,14 +309,14 @@ def test_zero_keep_alive_unloads_at_the_next_reaper_tick_after_the_last_checkin(
 # -- in use --------------------------------------------------------------------------------------
 
 
-def test_a_model_in_use_is_never_expired_or_evicted(models_cache: Path, logs) -> None:
-    runtime = make_runtime(models_cache, prepare=True, keep_alive_s=0.05, max_resident=1)
+def test_a_model_in_use_is_never_expired_or_evicted(models_cache: Path, logs, clock: SteppedClock) -> None:
+    runtime = make_runtime(models_cache, prepare=True, keep_alive_s=0.25, max_resident=1)
     lifecycle = runtime.lifecycle
 
     async def body() -> None:
         tiny, base = await cards(runtime, TINY, BASE)
         await lifecycle.checkout(tiny)
-        await asyncio.sleep(0.15)  # three keep-alives long
+        clock.now += 3 * 0.25  # in use for three keep-alives
         assert lifecycle.expire_idle() == []
         assert await lifecycle.unload_idle(device="cpu", capability="asr", reason="test") == []
 
@@ -278,7 +329,8 @@ def test_a_model_in_use_is_never_expired_or_evicted(models_cache: Path, logs) ->
         assert any(f"loading {BASE} goes over the resident budget" in m for m in warnings), warnings
 
         # Idle past its keep-alive, base goes; tiny.en (still in use) stays.
-        await asyncio.sleep(0.1)
+        assert lifecycle.expire_idle() == []  # base has only just been checked in
+        clock.now += 0.25
         assert lifecycle.expire_idle() == [BASE]
         await wait_until(lambda: lifecycle.entry(BASE) is None, timeout=10)
         assert lifecycle.entry(TINY) is entry and entry.in_use == 1
@@ -323,9 +375,10 @@ def test_unloading_a_model_in_use_waits_for_its_checkin(models_cache: Path, logs
             return unloaded
 
         task = asyncio.create_task(unload())
-        await asyncio.sleep(0.3)  # far longer than an idle unload of tiny.en takes
+        await wait_until(lambda: entry.leaving, timeout=10)  # the unload was asked for
+        await settle()  # and has gone as far as it can without the checkin
         assert not task.done()
-        assert entry.leaving
+        assert lifecycle.memory.releases == []  # the engine still holds its model
         assert entry.state == "loaded" and entry.in_use == 1 and entry.model is not None
         assert lifecycle.entry(TINY) is entry
         assert lifecycle.expires_in_s(entry) is None
@@ -352,7 +405,9 @@ def test_checkout_of_a_model_being_unloaded_loads_it_afresh(models_cache: Path, 
         assert old is not None
 
         unload = asyncio.create_task(lifecycle.unload(TINY, "asked by the test"))
-        await asyncio.sleep(0)  # the unload starts: the entry is on its way out
+        # One pass of the loop: the unload task runs to its first wait, by which it has marked the
+        # entry unloading; the task that releases the model is only scheduled, not yet started.
+        await asyncio.sleep(0)
         assert old.state == "unloading" and lifecycle.entry(TINY) is old
 
         second = await asyncio.wait_for(lifecycle.checkout(tiny), timeout=20)
@@ -381,14 +436,16 @@ def test_checkout_waits_for_an_in_use_model_that_is_leaving_then_loads_it_afresh
         (tiny,) = await cards(runtime, TINY)
         first = await lifecycle.checkout(tiny)
         old = lifecycle.entry(TINY)
+        assert old is not None
         unload = asyncio.create_task(lifecycle.unload(TINY, "asked by the test"))
-        await asyncio.sleep(0.05)
-        assert old is not None and old.leaving and old.in_use == 1
+        await wait_until(lambda: old.leaving, timeout=10)
+        assert old.in_use == 1
 
         waiting = asyncio.create_task(lifecycle.checkout(tiny))
-        await asyncio.sleep(0.3)
+        await settle()  # the checkout has gone as far as it can while the model is leaving
         assert not waiting.done()  # a leaving model takes no new users
         assert old.in_use == 1
+        assert lifecycle.entry(TINY) is old and loads_of(logs, TINY) == 1  # nor is a second one loaded beside it
 
         lifecycle.checkin(TINY)
         second = await asyncio.wait_for(waiting, timeout=20)
@@ -503,14 +560,15 @@ def test_budget_counts_a_model_whose_weights_are_joined_on_first_use(tmp_path: P
     run(runtime, body)
 
 
-def test_pinned_models_are_neither_evicted_nor_expired(models_cache: Path, logs) -> None:
+def test_pinned_models_are_neither_evicted_nor_expired(models_cache: Path, logs, clock: SteppedClock) -> None:
     runtime = make_runtime(models_cache, prepare=True, model_paths={THIRD: tiny_en_folder()},
-                           keep_alive_s=0.05, max_resident=2, pinned=[TINY])
+                           keep_alive_s=0.25, max_resident=2, pinned=[TINY])
     lifecycle = runtime.lifecycle
 
     async def body() -> None:
         tiny, third, base = await cards(runtime, TINY, THIRD, BASE)
         await lifecycle.load(tiny)  # pinned, and the least recently used from here on
+        clock.now += 0.0625
         await lifecycle.load(third)
         pinned = lifecycle.entry(TINY)
         assert pinned is not None and pinned.pinned
@@ -530,7 +588,7 @@ def test_pinned_models_are_neither_evicted_nor_expired(models_cache: Path, logs)
         assert len(warnings) == 1 and f"loading {THIRD} goes over the resident budget" in warnings[0], warnings
 
         # Past the keep-alive, the idle unpinned whisper-tiny expires; pinned tiny.en and in-use base stay.
-        await asyncio.sleep(0.1)
+        clock.now += 0.25
         assert lifecycle.expire_idle() == [THIRD]
         await wait_until(lambda: lifecycle.entry(THIRD) is None, timeout=10)
         assert lifecycle.entry(TINY) is pinned and not pinned.leaving
@@ -539,18 +597,27 @@ def test_pinned_models_are_neither_evicted_nor_expired(models_cache: Path, logs)
     run(runtime, body)
 
 
-def test_zero_keep_alive_keeps_a_pinned_model(models_cache: Path, logs) -> None:
+def test_zero_keep_alive_keeps_a_pinned_model(
+    models_cache: Path, logs, clock: SteppedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runtime = make_runtime(models_cache, keep_alive_s=0, pinned=[TINY])
     lifecycle = runtime.lifecycle
+    passes = reaper_passes(lifecycle, monkeypatch)
 
     async def body() -> None:
         (tiny,) = await cards(runtime, TINY)
-        await lifecycle.checkout(tiny)
-        lifecycle.checkin(TINY)
-        await asyncio.sleep(0.1)
-        entry = lifecycle.entry(TINY)
-        assert entry is not None and entry.state == "loaded" and not entry.leaving
-        assert lifecycle.expire_idle() == []
+        reaper = asyncio.create_task(lifecycle.run_reaper())
+        try:
+            await lifecycle.checkout(tiny)
+            lifecycle.checkin(TINY)
+            clock.now += 24 * 3600  # idle for a day
+            seen = len(passes)
+            await wait_until(lambda: len(passes) >= seen + 2, timeout=10)  # two reaper ticks
+            assert all(chosen == [] for chosen in passes)
+            entry = lifecycle.entry(TINY)
+            assert entry is not None and entry.state == "loaded" and not entry.leaving
+        finally:
+            reaper.cancel()
 
     run(runtime, body)
 

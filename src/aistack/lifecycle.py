@@ -39,7 +39,9 @@ class ResidentModel:
     in_use: int = 0
     loaded_at: float | None = None
     last_used_at: float | None = None  # wall clock, for people
-    idle_since: float = field(default_factory=time.monotonic)
+    # Looked up on the module's `time` at each call, like every other clock read here, so one
+    # stand-in clock (a test's) governs them all.
+    idle_since: float = field(default_factory=lambda: time.monotonic())
     unloading: asyncio.Future[None] | None = None
     unload_reason: str = ""
 
