@@ -1,11 +1,12 @@
 """The scheduler under load: concurrent versus one-after-another transcriptions, and memory across a model's life.
 
-Run it with `.venv/bin/python benchmarks/scheduler.py [--runs N] [--slots S] [--model ID] [--memory-only]`.
+Run it with `.venv/bin/python benchmarks/scheduler.py [--runs N] [--slots S] [--model ID] [--memory-only] [--in-process]`.
 
 It synthesizes ~15 s of English speech with Piper into a temporary folder and starts `aistack serve`
 in a subprocess on a free loopback port, with its own environment: a temporary AISTACK_CACHE_DIR and
 TMPDIR, AISTACK_SCHEDULER__QUEUE_SIZE=16 and AISTACK_SCHEDULER__MAX_WAIT_S=300 (so 8 requests at once
-are queued, never refused), and AISTACK_SCHEDULER__CPU_SLOTS only when --slots is given; the slot count
+are queued, never refused), AISTACK_SCHEDULER__CPU_SLOTS only when --slots is given and
+AISTACK_WHISPER__WORKER_PROCESS=false only with --in-process; the slot count
 actually in force is read back from GET /ready (devices.cpu.slots).
 
 1. Throughput. After one untimed warm-up request (it includes the lazy model load), for each N in
@@ -25,9 +26,13 @@ actually in force is read back from GET /ready (devices.cpu.slots).
 2. Memory. A second gateway with AISTACK_MODELS__KEEP_ALIVE_S=3: its resident set size (RSS, psutil on
    the gateway's PID) when idle before any model is loaded, right after the model has loaded and served
    one request, and after the keep-alive TTL has unloaded it (GET /admin/models polled until the model's
-   row says "state": "unloaded", at most 30 s), each also as a ratio to idle. The gateway hands memory
-   back after an unload (malloc_trim, capped malloc arenas, engine library pages advised out), so
-   after the unload it should be close to idle. --memory-only runs this part alone.
+   row says "state": "unloaded", at most 30 s), each also as a ratio to idle. A process's RSS does not
+   include its children's: Whisper runs in a worker process (whisper.worker_process, on by default),
+   whose RSS is shown on its own line while the model is loaded, and whose exit on unload is checked
+   (the worker line after the unload counts the gateway's worker processes still alive). With
+   --in-process (AISTACK_WHISPER__WORKER_PROCESS=false) the model decodes inside the gateway, which
+   hands memory back after an unload as far as it can (malloc_trim, capped malloc arenas, engine
+   library pages advised out). --memory-only runs this part alone.
 
 Progress goes to stderr; the figures go to stdout. Only 127.0.0.1 is contacted; each gateway is
 stopped by its PID in a `finally`.
@@ -123,7 +128,28 @@ class Gateway(asr.Gateway):
         return response.json()
 
     def rss_mb(self) -> float:
+        """The gateway process's own resident set, its children not included."""
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def workers(self) -> list[psutil.Process]:
+        """The gateway's engine worker processes (see aistack.engines.worker_process)."""
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if any("worker_process import child_main" in part for part in child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def workers_rss_mb(self) -> float:
+        total = 0
+        for worker in self.workers():
+            try:
+                total += worker.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total / 2**20
 
 
 # -- 1. throughput ---------------------------------------------------------------------------------
@@ -204,13 +230,17 @@ def memory(workdir: Path, audio: bytes, model: str, slots_env: dict[str, str]) -
             raise RuntimeError(f"{model} is resident before any request")
         time.sleep(IDLE_SETTLE_S)
         idle = gateway.rss_mb()
+        if gateway.workers():
+            raise RuntimeError("the idle gateway already runs a worker process")
         asr.progress(f"memory: idle {idle:.0f} MB; one request to {model} ...")
         latency, _ = gateway.transcribe(audio, model)
         loaded = gateway.rss_mb()
+        worker_loaded = gateway.workers_rss_mb()
         row = model_row(gateway, model)
         if not row["resident"]:
             raise RuntimeError(f"{model} is not resident right after a request (keep-alive {KEEP_ALIVE_S:g} s)")
-        asr.progress(f"memory: loaded {loaded:.0f} MB (first request {latency:.2f} s); waiting for the TTL unload ...")
+        asr.progress(f"memory: loaded {loaded:.0f} MB, worker {worker_loaded:.0f} MB (first request {latency:.2f} s); "
+                     "waiting for the TTL unload ...")
         served_at = time.monotonic()
         deadline = served_at + UNLOAD_WAIT_S
         while row["state"] != "unloaded":  # "unloading" is not over until the memory is handed back
@@ -221,9 +251,10 @@ def memory(workdir: Path, audio: bytes, model: str, slots_env: dict[str, str]) -
             row = model_row(gateway, model)
         unloaded_after = time.monotonic() - served_at
         unloaded = gateway.rss_mb()
-        asr.progress(f"memory: unloaded after {unloaded_after:.1f} s; {unloaded:.0f} MB")
+        workers_left = len(gateway.workers())
+        asr.progress(f"memory: unloaded after {unloaded_after:.1f} s; {unloaded:.0f} MB, {workers_left} worker processes left")
         return {"idle": idle, "loaded": loaded, "unloaded": unloaded, "unloaded_after_s": unloaded_after,
-                "size_bytes": row["size_bytes"]}
+                "size_bytes": row["size_bytes"], "worker_loaded": worker_loaded, "workers_left": workers_left}
     finally:
         asr.stop_and_report(gateway)
 
@@ -238,12 +269,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="AISTACK_SCHEDULER__CPU_SLOTS for the gateway (default: unset, the gateway's own default)")
     parser.add_argument("--model", default="whisper-tiny.en", help="Whisper model id (default whisper-tiny.en)")
     parser.add_argument("--memory-only", action="store_true", help="skip the throughput runs; measure memory only")
+    parser.add_argument("--in-process", action="store_true",
+                        help="decode inside the gateway (AISTACK_WHISPER__WORKER_PROCESS=false) instead of in a worker process")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.slots is not None and args.slots < 1:
         parser.error("--slots must be at least 1")
     slots_env = {} if args.slots is None else {"AISTACK_SCHEDULER__CPU_SLOTS": str(args.slots)}
+    if args.in_process:
+        slots_env["AISTACK_WHISPER__WORKER_PROCESS"] = "false"
 
     workdir = Path(tempfile.mkdtemp(prefix="aistack-bench-scheduler-"))
     gateway: Gateway | None = None
@@ -278,13 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print_throughput(results, cpu, after, args)
     print()
-    print(f"gateway RSS (keep-alive {KEEP_ALIVE_S:g} s; model files {mem['size_bytes'] / 2**20:.0f} MB):")
+    where = "inside the gateway" if args.in_process else "in a worker process"
+    print(f"gateway process RSS, its children not included (keep-alive {KEEP_ALIVE_S:g} s; model files "
+          f"{mem['size_bytes'] / 2**20:.0f} MB; {args.model} decodes {where}):")
     print(asr.table([
-        ("state", "RSS MB", "vs idle"),
-        ("idle, no model loaded", f"{mem['idle']:.0f}", "1.00x"),
-        (f"{args.model} loaded, one request served", f"{mem['loaded']:.0f}", f"{mem['loaded'] / mem['idle']:.2f}x"),
+        ("state", "RSS MB", "vs idle", "worker RSS MB"),
+        ("idle, no model loaded", f"{mem['idle']:.0f}", "1.00x", "-"),
+        (f"{args.model} loaded, one request served", f"{mem['loaded']:.0f}", f"{mem['loaded'] / mem['idle']:.2f}x",
+         f"{mem['worker_loaded']:.0f}" if not args.in_process else "-"),
         (f"after the TTL unload ({mem['unloaded_after_s']:.1f} s idle)", f"{mem['unloaded']:.0f}",
-         f"{mem['unloaded'] / mem['idle']:.2f}x"),
+         f"{mem['unloaded'] / mem['idle']:.2f}x", f"{mem['workers_left']} left" if not args.in_process else "-"),
     ]))
     asr.progress(f"done in {time.monotonic() - started:.0f} s")
     return 0

@@ -21,11 +21,11 @@ from clocks import SteppedClock, stepped_clock_fixture
 from conftest import run_on_runtime
 
 from aistack import lifecycle as lifecycle_module
-from aistack.engines.base import ModelCard
+from aistack.engines.base import ModelCard, Transcriber
 from aistack.engines.whisper import WhisperTranscriber, card_for
 from aistack.lifecycle import ModelLifecycle
 from aistack.runtime import Runtime, build_runtime
-from aistack.settings import ModelLifecycleSettings, Settings
+from aistack.settings import ModelLifecycleSettings, Settings, WhisperSettings
 from aistack.weights.catalog import WHISPER_BY_ID
 from aistack.weights.resolver import package_dir
 
@@ -51,9 +51,11 @@ def make_runtime(
     *,
     prepare: bool = False,
     model_paths: dict[str, Path] | None = None,
+    whisper: WhisperSettings | None = None,
     **lifecycle: Any,
 ) -> Runtime:
-    settings = Settings(cache_dir=cache, model_paths=model_paths or {}, models=ModelLifecycleSettings(**lifecycle))
+    settings = Settings(cache_dir=cache, model_paths=model_paths or {}, models=ModelLifecycleSettings(**lifecycle),
+                        whisper=whisper or WhisperSettings())
     runtime = build_runtime(settings)
     if prepare:
         runtime.prepare_weights()
@@ -144,7 +146,7 @@ def test_nothing_is_loaded_until_first_checkout_and_concurrent_checkouts_load_on
         models = await asyncio.gather(*(lifecycle.checkout(tiny) for _ in range(3)))
 
         assert loads_of(logs, TINY) == 1
-        assert isinstance(models[0], WhisperTranscriber)
+        assert isinstance(models[0], Transcriber)
         assert models[1] is models[0] and models[2] is models[0]
         (entry,) = lifecycle.entries()
         assert entry.card.id == TINY
@@ -232,7 +234,7 @@ def test_reaper_unloads_an_idle_model_by_itself_and_the_next_checkout_loads_it_a
             assert not reaper.done()
 
             model = await lifecycle.checkout(tiny)
-            assert isinstance(model, WhisperTranscriber)
+            assert isinstance(model, Transcriber)
             assert loads_of(logs, TINY) == 2
             entry = lifecycle.entry(TINY)
             assert entry is not None and entry.in_use == 1
@@ -413,7 +415,7 @@ def test_checkout_of_a_model_being_unloaded_loads_it_afresh(models_cache: Path, 
         second = await asyncio.wait_for(lifecycle.checkout(tiny), timeout=20)
         assert unload.done() and unload.result() is True
         assert second is not first
-        assert isinstance(second, WhisperTranscriber)
+        assert isinstance(second, Transcriber)
         new = lifecycle.entry(TINY)
         assert new is not None and new is not old
         assert new.state == "loaded" and new.in_use == 1
@@ -657,7 +659,7 @@ def test_a_load_failure_reaches_every_waiter_leaves_nothing_and_is_retried(tmp_p
         weights.unlink(missing_ok=True)
         shutil.move(kept, weights)
         model = await lifecycle.checkout(tiny)
-        assert isinstance(model, WhisperTranscriber)
+        assert isinstance(model, Transcriber)
         entry = lifecycle.entry(TINY)
         assert entry is not None and entry.state == "loaded" and entry.in_use == 1
         assert loads_of(logs, TINY) == 1
@@ -669,8 +671,12 @@ def test_a_load_failure_reaches_every_waiter_leaves_nothing_and_is_retried(tmp_p
 # -- memory --------------------------------------------------------------------------------------
 
 
+# In-process, as Piper and sherpa always are: the gateway's own release, not a worker's exit.
+IN_PROCESS = WhisperSettings(worker_process=False)
+
+
 def test_unloading_base_gives_its_memory_back(models_cache: Path, logs) -> None:
-    runtime = make_runtime(models_cache, prepare=True, keep_alive_s=-1)
+    runtime = make_runtime(models_cache, prepare=True, keep_alive_s=-1, whisper=IN_PROCESS)
     lifecycle = runtime.lifecycle
     process = psutil.Process()
 
@@ -703,7 +709,7 @@ def test_unloading_base_gives_its_memory_back(models_cache: Path, logs) -> None:
 def test_each_unload_hands_memory_back_to_the_system_after_the_engine_let_go(models_cache: Path, logs) -> None:
     from aistack.memory import _glibc
 
-    runtime = make_runtime(models_cache, keep_alive_s=-1)
+    runtime = make_runtime(models_cache, keep_alive_s=-1, whisper=IN_PROCESS)
     lifecycle = runtime.lifecycle
     assert lifecycle.memory.releases == []
 

@@ -9,6 +9,10 @@ Freeing a model returns its memory to the C allocator, not to the system. With g
   hands them back once no model is loaded. Such pages are clean file pages: the kernel re-reads
   them from the file on the next load, nothing is lost.
 On other platforms (musl, macOS, Windows) and older kernels every step is skipped.
+This is for engines that decode inside the gateway (Piper, sherpa-onnx, Whisper with
+`whisper.worker_process` off): even after it some of an engine's memory stays (CTranslate2's
+decoding caches and threads, the libraries themselves), which is why Whisper runs by default in a
+worker process whose exit gives everything back (see engines/worker_process.py).
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ class WhisperSettings(BaseModel):
         "the engine within one piece.",
     )
     vad_filter: bool = Field(False, description="Also cut the pauses inside each piece out before decoding it.")
+    worker_process: bool = Field(
+        True,
+        description="Run each loaded model in a child process that exits on unload, so all its memory (the engine's "
+        "caches, threads and libraries) goes back to the system; off: decode inside the gateway process.",
+    )
 
     @field_validator("default_size")
     @classmethod

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -117,11 +121,20 @@ def test_streaming_client_that_leaves_stops_decoding(make_inprocess_gateway, lon
 
 def test_waiting_client_that_leaves_stops_decoding(make_inprocess_gateway, long_wav: Path, access_log) -> None:
     gateway = make_inprocess_gateway()
-    decoded, remove = hold_second_segment_until_cancelled(gateway, access_log)
+    reached_first = threading.Event()
+    decoded: list[int] = []
+
+    def hold_first_until_cancelled(model_id: str, index: int) -> None:
+        decoded.append(index)
+        if index == 0:
+            reached_first.set()
+            access_log.cancelled.wait(HOLD_LIMIT_S)
+
+    remove = gateway.runtime.events.on_step(hold_first_until_cancelled)
     try:
-        with httpx.Client(base_url=gateway.url, timeout=httpx.Timeout(30, read=1.0)) as client, open(long_wav, "rb") as audio:
-            with pytest.raises(httpx.ReadTimeout):
-                client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-tiny.en"})
+        # A client waiting for the whole transcript, which leaves once the engine is provably busy on it.
+        with raw_transcription_request(gateway.url, long_wav, "whisper-tiny.en"):
+            assert reached_first.wait(HOLD_LIMIT_S)
         assert access_log.cancelled.wait(HOLD_LIMIT_S), access_log.lines
         assert wait_until(lambda: gateway.runtime.scheduler.total_running() == 0)
     finally:
@@ -129,6 +142,25 @@ def test_waiting_client_that_leaves_stops_decoding(make_inprocess_gateway, long_
     assert decoded in ([0], [0, 1])  # stopped at the next segment after the client left
     with gateway.client() as client, open(long_wav, "rb") as audio:
         assert client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-tiny.en"}).status_code == 200
+
+
+@contextmanager
+def raw_transcription_request(url: str, wav: Path, model: str) -> Iterator[socket.socket]:
+    """A non-streaming transcription sent whole on a plain socket, which is closed when the block ends."""
+    address = urlsplit(url)
+    boundary = "aistack-test-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"speech.wav\"\r\n"
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode() + wav.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {address.hostname}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port)) as client:
+        client.sendall(head + body)
+        yield client
 
 
 def test_health_answers_while_the_engine_is_busy(make_inprocess_gateway, long_wav: Path) -> None:

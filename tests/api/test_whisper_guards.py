@@ -3,6 +3,7 @@ engine within one bounded piece. Proofs by what the engine was asked to decode, 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Gateway
+
+from aistack.settings import WhisperSettings
 
 pytestmark = pytest.mark.slow
 
@@ -74,40 +77,110 @@ class Disconnects(logging.Handler):
             self.seen.set()
 
 
-def test_streaming_client_that_leaves_stops_whisper_base_within_one_bounded_piece(
-    make_inprocess_gateway, english_wav: Path, long_wav: Path
-) -> None:
-    from conftest import wait_until
-
-    gateway = make_inprocess_gateway()
-    runtime = gateway.runtime
-    with gateway.client() as client, open(english_wav, "rb") as audio:  # loads whisper-base
-        assert client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-base"}).status_code == 200
-    transcriber = runtime.lifecycle.entry("whisper-base").model
+@contextlib.contextmanager
+def watching_disconnects():
+    """An event set when the gateway logs a client that left (499)."""
     disconnects = Disconnects()
     access = logging.getLogger("aistack.access")
     previous_level = access.level
     access.addHandler(disconnects)
     access.setLevel(logging.INFO)
-    recorder = PieceRecorder(transcriber._model, disconnects.seen)
-    transcriber._model = recorder
     try:
-        with gateway.client() as client, open(long_wav, "rb") as audio:
-            with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
-                               data={"model": "whisper-base", "stream": "true"}) as response:
-                assert response.status_code == 200
-                for line in response.iter_lines():
-                    if line.startswith("data: ") and json.loads(line[6:])["type"] == "transcript.text.delta":
-                        break  # leave at the first words
-        assert disconnects.seen.wait(HOLD_LIMIT_S)
-        assert wait_until(lambda: runtime.scheduler.total_running() == 0)
+        yield disconnects.seen
     finally:
         disconnects.seen.set()
-        transcriber._model = recorder._model
         access.removeHandler(disconnects)
         access.setLevel(previous_level)
+
+
+def load_base(gateway, english_wav: Path) -> None:
+    with gateway.client() as client, open(english_wav, "rb") as audio:
+        assert client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-base"}).status_code == 200
+
+
+def stream_and_leave_at_the_first_words(gateway, long_wav: Path) -> None:
+    with gateway.client() as client, open(long_wav, "rb") as audio:
+        with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
+                           data={"model": "whisper-base", "stream": "true"}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: ") and json.loads(line[6:])["type"] == "transcript.text.delta":
+                    break
+
+
+def test_streaming_client_that_leaves_stops_whisper_base_within_one_bounded_piece(
+    make_inprocess_gateway, english_wav: Path, long_wav: Path
+) -> None:
+    from conftest import wait_until
+
+    # In-process, so the decoder itself can be watched (the worker process's test is below).
+    gateway = make_inprocess_gateway(whisper=WhisperSettings(worker_process=False))
+    runtime = gateway.runtime
+    load_base(gateway, english_wav)
+    transcriber = runtime.lifecycle.entry("whisper-base").model
+    with watching_disconnects() as client_gone:
+        recorder = PieceRecorder(transcriber._model, client_gone)
+        transcriber._model = recorder
+        try:
+            stream_and_leave_at_the_first_words(gateway, long_wav)
+            assert client_gone.wait(HOLD_LIMIT_S)
+            assert wait_until(lambda: runtime.scheduler.total_running() == 0)
+        finally:
+            client_gone.set()
+            transcriber._model = recorder._model
     limit = transcriber._settings.max_piece_s * 16000
     started_after_leaving = [samples for samples, after in recorder.pieces if after]
     assert len(started_after_leaving) <= 1, recorder.pieces
     assert len(recorder.pieces) <= 2, recorder.pieces  # the clip has at least six pieces
     assert all(samples <= limit for samples, _ in recorder.pieces), recorder.pieces
+
+
+class HeldAfterFirstSegment:
+    """The hosted model as the gateway sees it; the pull after the first segment waits until the
+    gateway has seen the client leave (the worker decodes a segment only when one is pulled)."""
+
+    def __init__(self, hosted, client_gone: threading.Event) -> None:
+        self.hosted = hosted
+        self.card = hosted.card
+        self._client_gone = client_gone
+
+    def transcribe(self, audio, options):
+        info, segments = self.hosted.transcribe(audio, options)
+        return info, self._held(segments)
+
+    def _held(self, segments):
+        try:
+            for number, segment in enumerate(segments):
+                yield segment
+                if number == 0:
+                    self._client_gone.wait(HOLD_LIMIT_S)
+        finally:
+            segments.close()
+
+
+def test_streaming_client_that_leaves_stops_the_whisper_worker_within_one_piece(
+    make_inprocess_gateway, english_wav: Path, long_wav: Path
+) -> None:
+    from conftest import wait_until
+
+    from aistack.engines.worker_process import HostedTranscriber
+
+    gateway = make_inprocess_gateway(whisper=WhisperSettings(worker_process=True))
+    runtime = gateway.runtime
+    load_base(gateway, english_wav)
+    entry = runtime.lifecycle.entry("whisper-base")
+    hosted = entry.model
+    assert isinstance(hosted, HostedTranscriber)
+    with watching_disconnects() as client_gone:
+        entry.model = HeldAfterFirstSegment(hosted, client_gone)
+        try:
+            stream_and_leave_at_the_first_words(gateway, long_wav)
+            assert client_gone.wait(HOLD_LIMIT_S)
+            assert wait_until(lambda: runtime.scheduler.total_running() == 0)
+        finally:
+            client_gone.set()
+            entry.model = hosted
+    report = hosted.reports[-1]  # the streamed job's, told by the worker before the slot came back
+    assert not report.ran_to_end
+    assert report.progress["pieces"] >= 6
+    assert report.progress["pieces_decoded"] <= 2, report  # the piece being decoded and at most one more

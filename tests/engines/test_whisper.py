@@ -46,7 +46,8 @@ class DecodeRecorder:
 def load(models_cache: Path, model_id: str, **whisper) -> tuple[WhisperBackend, WhisperTranscriber]:
     from aistack.runtime import build_runtime
 
-    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(**whisper)))
+    # In-process: these tests look inside the engine (the host's tests are in test_worker_process.py).
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(**{"worker_process": False, **whisper})))
     runtime.prepare_weights()
     backend = runtime.backends["faster-whisper"]
     assert isinstance(backend, WhisperBackend)

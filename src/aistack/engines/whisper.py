@@ -1,10 +1,11 @@
-"""faster-whisper (CTranslate2) speech-to-text, in-process."""
+"""faster-whisper (CTranslate2) speech-to-text: decoded in a worker process (see `worker_process`) or in-process."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import math
+import subprocess
 import sys
 import time
 import unicodedata
@@ -24,6 +25,7 @@ from ..weights.catalog import (
 from ..weights.resolver import ResolvedWeights, WeightResolver
 from .base import (
     BackendStatus,
+    Transcriber,
     ModelCard,
     Segment,
     TranscribeOptions,
@@ -31,6 +33,7 @@ from .base import (
     Unavailable,
     Word,
 )
+from .worker_process import HostedTranscriber, TranscriberFactory
 
 log = logging.getLogger("aistack.engines.whisper")
 
@@ -123,10 +126,25 @@ class WhisperTranscriber:
         language: str,
         prompt: str | None,
         options: TranscribeOptions,
+    ) -> PieceSegments:
+        progress = {"pieces": len(pieces), "pieces_decoded": 1}
+        return PieceSegments(self._decode_pieces(audio, pieces, first, language, prompt, options, progress), progress)
+
+    def _decode_pieces(
+        self,
+        audio: np.ndarray,
+        pieces: list[tuple[int, int]],
+        first: Iterator[Any],
+        language: str,
+        prompt: str | None,
+        options: TranscribeOptions,
+        progress: dict[str, int],
     ) -> Iterator[Segment]:
         index = 0
         previous: list[str] = []  # what the last piece said: the next one is conditioned on it
         for number, piece in enumerate(pieces):
+            if number:
+                progress["pieces_decoded"] = number + 1
             decoded = first if number == 0 else self._decode(audio, piece, language, _condition(prompt, previous), options)[0]
             said: list[str] = []
             bound = token_bound((piece[1] - piece[0]) / SAMPLE_RATE)
@@ -148,6 +166,24 @@ class WhisperTranscriber:
                 close = getattr(decoded, "close", None)
                 if close is not None:
                     close()
+
+
+class PieceSegments:
+    """The segments of one transcription, with how many of its speech pieces have been started
+    (`progress`: pieces, pieces_decoded), so a stopped job shows how far it got."""
+
+    def __init__(self, segments: Iterator[Segment], progress: dict[str, int]) -> None:
+        self._segments = segments
+        self.progress = progress
+
+    def __iter__(self) -> PieceSegments:
+        return self
+
+    def __next__(self) -> Segment:
+        return next(self._segments)
+
+    def close(self) -> None:
+        self._segments.close()  # type: ignore[attr-defined]
 
 
 SAMPLE_RATE = 16_000
@@ -355,39 +391,69 @@ class WhisperBackend:
         resolved = self.resolve(WHISPER_BY_ID[card.id])
         return 0 if resolved is None else self._resolver.size_bytes(resolved)
 
-    def unload(self, model: WhisperTranscriber) -> None:
-        model.close()
+    def unload(self, model: Transcriber) -> None:
+        model.close()  # type: ignore[attr-defined]
         self._loaded -= 1
         if self._loaded == 0 and "faster_whisper.vad" in sys.modules:
             # The Silero VAD session (onnxruntime) is cached for the process; it goes with the last model.
             sys.modules["faster_whisper.vad"].get_vad_model.cache_clear()
 
-    def load(self, card: ModelCard) -> WhisperTranscriber:
-        from faster_whisper import WhisperModel
-
+    def load(self, card: ModelCard) -> Transcriber:
+        """In a worker process when `worker_process` is on (this process then never imports the engine)."""
         spec = WHISPER_BY_ID[card.id]
         resolved = self.resolve(spec)
         if resolved is None:
             raise FileNotFoundError(f"the weights of {card.id} are gone; {self._why_missing(spec).fix}")
         path = self._resolver.materialize(resolved)
+        device = self.device(card)
+        args = (card, str(path), device, self._slots_on(device), self._settings)
         started = time.perf_counter()
-        model = WhisperModel(
-            str(path),
-            device=self.device(card).split(":")[0],
-            device_index=int(self.device(card).partition(":")[2] or 0),
-            compute_type=self._settings.compute_type,
-            cpu_threads=self._settings.cpu_threads,
-            num_workers=self._slots_on(self.device(card)),
-            local_files_only=True,
-        )
-        log.info("loaded %s from %s (%s) in %.2f s", card.id, path, resolved.source, time.perf_counter() - started)
+        transcriber: Transcriber
+        if self._settings.worker_process:
+            transcriber = HostedTranscriber(card, TranscriberFactory(__name__, build_transcriber.__name__, args), f"{PROVIDER} {card.id}")
+        else:
+            transcriber = build_transcriber(*args)
+        log.info("loaded %s from %s (%s) in %.2f s%s", card.id, path, resolved.source, time.perf_counter() - started,
+                 " in a worker process" if self._settings.worker_process else "")
         self._loaded += 1
-        return WhisperTranscriber(card, model, self._settings)
+        return transcriber
 
     def _pick_device(self) -> str:
         wanted = self._settings.device
         if wanted == "auto":
-            import ctranslate2
-
-            wanted = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+            wanted = "cuda" if _cuda_device_count(in_subprocess=self._settings.worker_process) > 0 else "cpu"
         return "cuda:0" if wanted == "cuda" else "cpu"
+
+
+def build_transcriber(card: ModelCard, path: str, device: str, num_workers: int, settings: WhisperSettings) -> WhisperTranscriber:
+    """The in-process transcriber: what a worker process runs, or this process when workers are off."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(
+        path,
+        device=device.split(":")[0],
+        device_index=int(device.partition(":")[2] or 0),
+        compute_type=settings.compute_type,
+        cpu_threads=settings.cpu_threads,
+        # CTranslate2 runs one call at a time per worker: one worker per scheduler slot on the device.
+        num_workers=num_workers,
+        local_files_only=True,
+    )
+    return WhisperTranscriber(card, model, settings)
+
+
+def _cuda_device_count(*, in_subprocess: bool) -> int:
+    """GPUs CTranslate2 sees; asked of a short-lived interpreter when this process must not import it."""
+    if not in_subprocess:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count())
+    done = subprocess.run(
+        [sys.executable, "-c", "import ctranslate2; print(ctranslate2.get_cuda_device_count())"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    try:
+        return int(done.stdout.strip())
+    except ValueError:
+        log.warning("could not ask CTranslate2 for GPUs (%s); using the CPU", done.stderr.strip()[-200:])
+        return 0
