@@ -133,7 +133,7 @@ class HostedTranscriber:
             reply = conn.recv()
         except (EOFError, OSError):
             conn.close()
-            process.wait(EXIT_TIMEOUT_S)
+            _end(process, self._name)
             raise WorkerDied(f"the {self._name} worker process exited while loading (exit code {process.returncode})") from None
         if reply[0] == "load_failed":
             conn.close()
@@ -222,7 +222,9 @@ class HostedTranscriber:
         try:
             self._send(("job", job_id, audio, options))
             _, _, info = self._receive(job_id, job)
-        except BaseException:
+        except BaseException as error:
+            if not isinstance(error, Exception):  # interrupted here: the child's job must not wait for us
+                self._send(("stop", job_id))
             self._jobs.pop(job_id, None)
             raise
         return info, _JobSegments(self, job_id, job)
