@@ -152,6 +152,9 @@ class ModelLifecycle:
             self.expire_idle()
 
     async def close(self) -> None:
+        # Idle models are unloaded, not dropped: an engine in a worker process would outlive the runtime.
+        idle = [e for e in self._entries.values() if e.state == "loaded" and e.in_use == 0 and not e.leaving]
+        await asyncio.gather(*(self._request_unload(e, "the gateway is stopping") for e in idle), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -215,3 +215,29 @@ def test_the_child_dies_with_its_parent(models_cache: Path) -> None:
             return True
 
     assert wait_until(gone, timeout=60)
+
+
+def test_closing_the_lifecycle_ends_the_workers_of_idle_models(models_cache: Path) -> None:
+    import asyncio
+
+    from aistack.runtime import build_runtime
+
+    runtime = build_runtime(Settings(cache_dir=models_cache))
+    runtime.prepare_weights()
+
+    async def body() -> int:
+        card = (await runtime.inventory.snapshot()).card(TINY)
+        assert card is not None
+        model = await runtime.lifecycle.checkout(card)
+        runtime.lifecycle.checkin(TINY)
+        assert isinstance(model, HostedTranscriber) and model.pid is not None
+        pid = model.pid
+        await runtime.lifecycle.close()  # as the gateway does when it stops
+        assert runtime.lifecycle.entries() == []
+        return pid
+
+    try:
+        pid = asyncio.run(body())
+    finally:
+        runtime.scheduler.shutdown()
+    assert not psutil.pid_exists(pid)
