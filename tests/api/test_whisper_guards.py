@@ -184,3 +184,52 @@ def test_streaming_client_that_leaves_stops_the_whisper_worker_within_one_piece(
     assert not report.ran_to_end
     assert report.progress["pieces"] >= 6
     assert report.progress["pieces_decoded"] <= 2, report  # the piece being decoded and at most one more
+
+
+class KillsWorkerAfterFirstSegment:
+    """The hosted model as the gateway sees it; once the first segment is out, its worker is killed."""
+
+    def __init__(self, hosted) -> None:
+        self.hosted = hosted
+        self.card = hosted.card
+        self.killed: list[int] = []
+
+    def transcribe(self, audio, options):
+        info, segments = self.hosted.transcribe(audio, options)
+        return info, self._killing(segments)
+
+    def _killing(self, segments):
+        import os
+        import signal
+
+        for segment in segments:
+            yield segment
+            if not self.killed:
+                self.killed.append(self.hosted.pid)
+                os.kill(self.hosted.pid, signal.SIGKILL)
+
+
+def test_a_whisper_worker_that_dies_mid_request_is_a_500_naming_the_engine_and_the_next_request_works(
+    make_inprocess_gateway, english_wav: Path, long_wav: Path
+) -> None:
+    from conftest import assert_envelope, wait_until
+
+    gateway = make_inprocess_gateway(whisper=WhisperSettings(worker_process=True))
+    with gateway.client() as client:
+        assert client.post("/admin/models/whisper-tiny.en/load").status_code == 200
+    entry = gateway.runtime.lifecycle.entry("whisper-tiny.en")
+    hosted = entry.model
+    entry.model = killer = KillsWorkerAfterFirstSegment(hosted)
+    try:
+        with gateway.client() as client, open(long_wav, "rb") as audio:
+            response = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-tiny.en"})
+    finally:
+        entry.model = hosted
+    (pid,) = killer.killed
+    assert_envelope(response, 500, "unknown", None, "faster-whisper", f"worker process {pid} died during this job",
+                    provider="faster-whisper")
+    assert wait_until(lambda: gateway.runtime.scheduler.total_running() == 0)  # the slot came back
+    with gateway.client() as client, open(english_wav, "rb") as audio:
+        again = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-tiny.en"})
+    assert again.status_code == 200 and "fox" in again.json()["text"].lower()
+    assert hosted.pid not in (None, pid)  # a fresh worker
