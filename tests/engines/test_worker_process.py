@@ -32,10 +32,13 @@ TINY = "whisper-tiny.en"
 FIXED = TranscribeOptions(temperature=0.0)
 
 
-def backend_for(cache: Path, *, model_paths: dict[str, Path] | None = None, **whisper) -> WhisperBackend:
+def backend_for(cache: Path, *, model_paths: dict[str, Path] | None = None, cpu_slots: int | None = None, **whisper) -> WhisperBackend:
     from aistack.runtime import build_runtime
+    from aistack.settings import SchedulerSettings
 
-    settings = Settings(cache_dir=cache, model_paths=model_paths or {}, whisper=WhisperSettings(beam_size=1, **whisper))
+    scheduler = SchedulerSettings() if cpu_slots is None else SchedulerSettings(cpu_slots=cpu_slots)
+    settings = Settings(cache_dir=cache, model_paths=model_paths or {}, whisper=WhisperSettings(beam_size=1, **whisper),
+                        scheduler=scheduler)
     runtime = build_runtime(settings)
     runtime.prepare_weights()
     backend = runtime.backends["faster-whisper"]
@@ -76,6 +79,19 @@ def test_hosted_transcript_is_the_in_process_one_for_the_same_audio(hosted, in_p
 
 
 def test_jobs_at_once_are_kept_apart(hosted, english_wav: Path, long_wav: Path) -> None:
+    assert_jobs_at_once_are_kept_apart(hosted, english_wav, long_wav)
+
+
+def test_jobs_at_once_on_two_slots_are_kept_apart(models_cache: Path, english_wav: Path, long_wav: Path) -> None:
+    backend = backend_for(models_cache, worker_process=True, cpu_slots=2)  # two CTranslate2 workers in the child
+    transcriber = backend.load(card_for(WHISPER_BY_ID[TINY]))
+    try:
+        assert_jobs_at_once_are_kept_apart(transcriber, english_wav, long_wav)
+    finally:
+        backend.unload(transcriber)
+
+
+def assert_jobs_at_once_are_kept_apart(hosted, english_wav: Path, long_wav: Path) -> None:
     short, long = decode_audio(english_wav.read_bytes()), decode_audio(long_wav.read_bytes())
     alone = [transcript(hosted, short), transcript(hosted, long)]
     (short_info, short_segments), (long_info, long_segments) = hosted.transcribe(short, FIXED), hosted.transcribe(long, FIXED)
