@@ -78,3 +78,12 @@ def test_a_wrong_nested_field_names_its_path(gateway: Gateway) -> None:
         response = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Hi.", "speed": "fast"})
     error = assert_envelope(response, 400, "malformed", "speed")
     assert error["message"].startswith("speed: ")
+
+
+def test_a_body_nested_too_deeply_is_a_400_saying_so(gateway: Gateway) -> None:
+    depth = 100_000
+    body = b'{"model": "tts-1", "input": "Hi.", "voice": ' + b"[" * depth + b"]" * depth + b"}"
+    with gateway.client() as client:
+        response = client.post("/v1/audio/speech", content=body, headers=JSON)
+        assert_envelope(response, 400, "malformed", None, "nests arrays or objects too deeply")
+        assert client.get("/health").status_code == 200

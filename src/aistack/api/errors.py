@@ -71,6 +71,16 @@ def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
     return f"{field}: {error.get('msg')}", param
 
 
+def _unparsable_body_message(cause: BaseException) -> str:
+    """FastAPI's words for a body its parser raised on ("There was an error parsing the body"), made to
+    say what was wrong and what to send."""
+    if isinstance(cause, RecursionError):
+        return ("the request body nests arrays or objects too deeply to parse (hundreds of levels); "
+                "send the fields as the API reference gives them")
+    return (f"the request body could not be parsed ({type(cause).__name__}); send a JSON object, or for "
+            "audio uploads multipart/form-data with the file and the fields")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AistackError)
     async def aistack_error(request: Request, error: AistackError) -> JSONResponse:
@@ -94,6 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
             allowed = next((v for k, v in (error.headers or {}).items() if k.lower() == "allow"), "")
             message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
             status = 400
+        elif status == 400 and error.__cause__ is not None:
+            message = _unparsable_body_message(error.__cause__)
         return envelope_response(status, kind, message, headers=getattr(error, "headers", None))
 
     @app.exception_handler(ClientDisconnect)
