@@ -87,3 +87,12 @@ def test_a_body_nested_too_deeply_is_a_400_saying_so(gateway: Gateway) -> None:
         response = client.post("/v1/audio/speech", content=body, headers=JSON)
         assert_envelope(response, 400, "malformed", None, "nests arrays or objects too deeply")
         assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("body", "content_type"), [(b'"just a string"', "application/json"),
+                                                     (b'{"input": "Hi."}', "text/plain")],
+                         ids=["not-an-object", "not-json-content-type"])
+def test_a_body_that_is_no_json_object_says_what_to_send(gateway: Gateway, body: bytes, content_type: str) -> None:
+    with gateway.client() as client:
+        response = client.post("/v1/audio/speech", content=body, headers={"content-type": content_type})
+    assert_envelope(response, 400, "malformed", None, "must be a JSON object", "Content-Type: application/json")

@@ -62,7 +62,8 @@ def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
     if not path:
         if kind == "missing":
             return "the request body is missing; send a JSON object with the fields this endpoint takes", None
-        return f"the request body could not be read: {error.get('msg')}; send a JSON object", None
+        return ("the request body must be a JSON object, sent with Content-Type: application/json "
+                f"(pydantic: {error.get('msg')})"), None
     # Multipart arrays arrive as `name[]`; the envelope names the field itself.
     param = str(path[0]).removesuffix("[]")
     field = param + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path[1:])
