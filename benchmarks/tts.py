@@ -50,8 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import asr  # the gateway process wrapper, progress and table helpers
 
@@ -304,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     print(asr.table(rows))
     print()
     print("1st PCM: direct, the engine's first sentence before encoding. TTFB: first encoded bytes (direct) or first "
-          "body chunk (gateway, stream_format=audio). RTF: total wall / audio seconds; 'whole': the non-streamed POST, and direct synthesis of every chunk "
-          "then encode_speech.")
+          "body chunk (gateway, stream_format=audio). RTF: total wall / audio seconds; 'whole': the non-streamed POST, "
+          "and direct synthesis of every chunk then encode_speech.")
     for note in notes:
         print(note)
     asr.progress(f"done in {time.monotonic() - started:.0f} s")

@@ -8,11 +8,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from clocks import SteppedClock, stepped_clock_fixture
 
 from aistack import inventory as inventory_module
 from aistack.engines.base import BackendStatus, ModelCard
 from aistack.inventory import AUTO_ID, Inventory, Snapshot
+from clocks import SteppedClock, stepped_clock_fixture
 
 # A probe of a hung backend is given up after this; a healthy one (a thread returning at once)
 # must answer within it, so it is generous, not tight.

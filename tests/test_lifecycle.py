@@ -17,8 +17,6 @@ from typing import Any
 
 import psutil
 import pytest
-from clocks import SteppedClock, stepped_clock_fixture
-from conftest import run_on_runtime
 
 from aistack import lifecycle as lifecycle_module
 from aistack.engines.base import ModelCard, Transcriber
@@ -28,6 +26,8 @@ from aistack.runtime import Runtime, build_runtime
 from aistack.settings import ModelLifecycleSettings, Settings, WhisperSettings
 from aistack.weights.catalog import WHISPER_BY_ID
 from aistack.weights.resolver import package_dir
+from clocks import SteppedClock, stepped_clock_fixture
+from conftest import run_on_runtime
 
 pytestmark = pytest.mark.slow
 

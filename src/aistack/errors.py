@@ -6,7 +6,6 @@ import re
 from enum import Enum
 from typing import Any
 
-
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 

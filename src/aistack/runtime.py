@@ -12,8 +12,8 @@ from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_ex
 from .engines.ollama import OllamaBackend
 from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
 from .engines.piper import PiperBackend
-from .engines.sherpa import SherpaBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
+from .engines.sherpa import SherpaBackend
 from .engines.whisper import WhisperBackend
 from .inventory import Inventory
 from .lifecycle import ModelLifecycle

@@ -90,7 +90,8 @@ class SchedulerSettings(BaseModel):
 
 class ModelLifecycleSettings(BaseModel):
     keep_alive_s: float = Field(
-        300.0, description="Idle time after which a loaded model is unloaded; 0 unloads as soon as it is idle (within 0.25 s), negative never."
+        300.0,
+        description="Idle time after which a loaded model is unloaded; 0 unloads as soon as it is idle (within 0.25 s), negative never.",
     )
     max_resident: int | None = Field(None, ge=1, description="Most models loaded at once; the least recently used goes.")
     max_resident_mb: float | None = Field(None, gt=0, description="Budget for loaded models' approximate size.")

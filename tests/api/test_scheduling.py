@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from conftest import Gateway, start_gateway, stop_gateway, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aistack.settings import ModelLifecycleSettings, SchedulerSettings
+from conftest import Gateway, start_gateway, stop_gateway, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -32,7 +32,8 @@ MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "fl
 
 @pytest.fixture(scope="module")
 def tts_gateway(models_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = start_gateway(models_cache, tmp_path_factory.mktemp("tts"), {"AISTACK_TTS__PIPER__NOISE_SCALE": "0", "AISTACK_TTS__PIPER__NOISE_W_SCALE": "0"})
+    still = {"AISTACK_TTS__PIPER__NOISE_SCALE": "0", "AISTACK_TTS__PIPER__NOISE_W_SCALE": "0"}
+    running = start_gateway(models_cache, tmp_path_factory.mktemp("tts"), still)
     try:
         yield running
     finally:

@@ -16,11 +16,11 @@ import av
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_until
-from doubles.qwen3_tts_server import DEFAULT_MODEL, Qwen3TtsDouble, synthesize
 
 from aistack.engines.qwen3_tts import COMPOSE_COMMAND
 from aistack.settings import Qwen3TtsSettings, TtsSettings
+from conftest import wait_until
+from doubles.qwen3_tts_server import DEFAULT_MODEL, Qwen3TtsDouble, synthesize
 
 MODEL = DEFAULT_MODEL
 BASE_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import av
 import httpx
-import numpy as np
 import pytest
 from openai import OpenAI
 
@@ -262,7 +261,7 @@ def test_a_malformed_voice_says_what_to_send(tts: Gateway, voice, needle: str) -
     ids=["lone-low-surrogate", "lone-high-surrogate", "nul"],
 )
 def test_input_that_is_not_text_is_refused_by_name(tts: Gateway, escaped_input: str, needles: tuple) -> None:
-    response = raw_post(tts, '{"voice": "alloy", "input": "%s"}' % escaped_input)
+    response = raw_post(tts, f'{{"voice": "alloy", "input": "{escaped_input}"}}')
     assert_envelope(response, 400, "malformed", "input", *needles, "send the text to speak")
     assert_serving(tts)
 
@@ -281,7 +280,7 @@ def test_a_surrogate_pair_is_one_character_and_is_spoken(tts: Gateway) -> None:
     ids=["voice-surrogate", "voice-object-surrogate", "voice-nul", "model-surrogate", "model-nul"],
 )
 def test_a_voice_or_model_that_is_not_text_gets_the_envelope(tts: Gateway, fields: str, param: str) -> None:
-    response = raw_post(tts, '{"input": "Hello.", %s}' % fields)
+    response = raw_post(tts, f'{{"input": "Hello.", {fields}}}')
     error = assert_envelope(response, 400, "malformed", param, param, "send a")
     json.dumps(error, ensure_ascii=False).encode("utf-8")  # the message itself is valid text
     assert_serving(tts)

@@ -24,7 +24,10 @@ SEGMENTS = (
         no_speech_prob=0.01,
         words=(Word(0.0, 0.8, " Hello", 0.9), Word(0.8, 1.4, " there.", 0.8)),
     ),
-    Segment(id=1, seek=250, start=2.5, end=61.0049, text=" How are you?", words=(Word(2.6, 3.0, " How"), Word(3.0, 3.2, " are"), Word(3.2, 3.5, " you?"))),
+    Segment(
+        id=1, seek=250, start=2.5, end=61.0049, text=" How are you?",
+        words=(Word(2.6, 3.0, " How"), Word(3.0, 3.2, " are"), Word(3.2, 3.5, " you?")),
+    ),
     # Past one hour, with a fractional millisecond to round.
     Segment(id=2, seek=360000, start=3725.0006, end=3726.9999, text=" Goodbye."),
 )

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -18,11 +17,11 @@ import httpx
 import psutil
 import pytest
 import uvloop
-from llm_fixtures import llama_server, smollm2_gguf  # noqa: F401 (llama_server is a fixture)
 
 from aistack.engines import llama_server as llama_server_module
 from aistack.engines.llama_server import EmbeddedLlamaServer
 from aistack.settings import EmbeddedLlmSettings
+from llm_fixtures import llama_server, smollm2_gguf  # noqa: F401 (llama_server is a fixture)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import sherpa_onnx
+
 from onnx_models import (  # noqa: F401  (fixtures)
     PARAKEET_FILES,
     SAMPLE_RATE,
@@ -32,8 +34,6 @@ from onnx_models import (  # noqa: F401  (fixtures)
     silero_vad_path,
     speech_like,
 )
-
-import sherpa_onnx  # noqa: E402 - a core dependency of aistack
 
 LANGUAGE_TAGS = {f"<|{code}|>" for code in SENSEVOICE_LANGUAGES} | {"<|nospeech|>"}
 PARAKEET_FRAME_S = 0.08
@@ -131,7 +131,7 @@ def test_generation_writes_the_real_file_names_and_small_files(tmp_path: Path) -
     assert total < 1_000_000
 
 
-def test_sensevoice_layout_matches_the_sherpa_onnx_export(sensevoice_folder: Path) -> None:
+def test_sensevoice_layout_matches_the_sherpa_onnx_export(sensevoice_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     f, i = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32
     tokens = sensevoice_tokens()
     inputs, outputs = io(sensevoice_folder / SENSEVOICE_MODEL)
@@ -155,7 +155,7 @@ def test_sensevoice_layout_matches_the_sherpa_onnx_export(sensevoice_folder: Pat
         assert tag in tokens
 
 
-def test_parakeet_layout_matches_the_sherpa_onnx_export(parakeet_folder: Path) -> None:
+def test_parakeet_layout_matches_the_sherpa_onnx_export(parakeet_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     f, i32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT32, onnx.TensorProto.INT64
     tokens = parakeet_tokens()
     vocab = len(tokens) - 1
@@ -195,7 +195,7 @@ def test_silero_vad_layout(tmp_path: Path, version: int) -> None:
 # -- SenseVoice ------------------------------------------------------------------------------------
 
 
-def test_sensevoice_decodes_with_language_tag_tokens_and_timestamps(sensevoice_folder: Path) -> None:
+def test_sensevoice_decodes_with_language_tag_tokens_and_timestamps(sensevoice_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     result = decode(sense_voice(sensevoice_folder), utterance())
     assert result.lang in LANGUAGE_TAGS - {"<|nospeech|>"}
     assert (result.emotion, result.event) == ("<|NEUTRAL|>", "<|Speech|>")
@@ -209,7 +209,7 @@ def test_sensevoice_decodes_with_language_tag_tokens_and_timestamps(sensevoice_f
     assert list(result.durations) == []
 
 
-def test_sensevoice_is_deterministic_and_input_dependent(sensevoice_folder: Path) -> None:
+def test_sensevoice_is_deterministic_and_input_dependent(sensevoice_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     recognizer = sense_voice(sensevoice_folder)
     first, again = decode(recognizer, utterance()), decode(recognizer, utterance())
     assert (first.tokens, first.timestamps, first.lang) == (again.tokens, again.timestamps, again.lang)
@@ -218,19 +218,19 @@ def test_sensevoice_is_deterministic_and_input_dependent(sensevoice_folder: Path
 
 
 @pytest.mark.parametrize("language", SENSEVOICE_LANGUAGES)
-def test_sensevoice_language_hint_sets_the_tag(sensevoice_folder: Path, language: str) -> None:
+def test_sensevoice_language_hint_sets_the_tag(sensevoice_folder: Path, language: str) -> None:  # noqa: F811 - a fixture from onnx_models
     result = decode(sense_voice(sensevoice_folder, language=language, use_itn=False), utterance())
     assert result.lang == f"<|{language}|>"
     assert result.tokens
 
 
-def test_sensevoice_silence_decodes_to_nothing(sensevoice_folder: Path) -> None:
+def test_sensevoice_silence_decodes_to_nothing(sensevoice_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     result = decode(sense_voice(sensevoice_folder), silence(2.0))
     assert result.text == "" and list(result.tokens) == []
     assert result.lang == "<|nospeech|>"
 
 
-def test_sensevoice_batch_matches_one_by_one(sensevoice_folder: Path) -> None:
+def test_sensevoice_batch_matches_one_by_one(sensevoice_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     recognizer = sense_voice(sensevoice_folder)
     clips = [utterance(), speech_like(1.0, seed=2), silence(1.0)]
     streams = [recognizer.create_stream() for _ in clips]
@@ -246,7 +246,7 @@ def test_sensevoice_batch_matches_one_by_one(sensevoice_folder: Path) -> None:
 # -- Parakeet TDT ----------------------------------------------------------------------------------
 
 
-def test_parakeet_decodes_tokens_with_timestamps_and_durations(parakeet_folder: Path) -> None:
+def test_parakeet_decodes_tokens_with_timestamps_and_durations(parakeet_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     result = decode(parakeet(parakeet_folder), utterance())
     assert result.tokens
     assert result.text == "".join(result.tokens).strip()
@@ -260,18 +260,18 @@ def test_parakeet_decodes_tokens_with_timestamps_and_durations(parakeet_folder: 
     assert result.lang == ""
 
 
-def test_parakeet_silence_decodes_to_nothing(parakeet_folder: Path) -> None:
+def test_parakeet_silence_decodes_to_nothing(parakeet_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     result = decode(parakeet(parakeet_folder), silence(2.0))
     assert result.text == "" and list(result.tokens) == []
 
 
-def test_parakeet_feature_dim_comes_from_the_metadata(parakeet_folder: Path) -> None:
+def test_parakeet_feature_dim_comes_from_the_metadata(parakeet_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     # from_transducer defaults to feature_dim=80; the export's feat_dim=128 metadata wins.
     default, explicit = parakeet(parakeet_folder), parakeet(parakeet_folder, feature_dim=128)
     assert decode(default, utterance()).tokens == decode(explicit, utterance()).tokens
 
 
-def test_parakeet_batch_matches_one_by_one(parakeet_folder: Path) -> None:
+def test_parakeet_batch_matches_one_by_one(parakeet_folder: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     recognizer = parakeet(parakeet_folder)
     clips = [utterance(), speech_like(1.0, seed=2), silence(1.0)]
     streams = [recognizer.create_stream() for _ in clips]
@@ -299,7 +299,7 @@ def test_vad_splits_two_sounds_apart(tmp_path: Path, version: int) -> None:
     assert 0.9 <= length_a <= 1.6 and 0.9 <= length_b <= 1.6
 
 
-def test_vad_fixture_and_silence(silero_vad_path: Path) -> None:
+def test_vad_fixture_and_silence(silero_vad_path: Path) -> None:  # noqa: F811 - a fixture from onnx_models
     assert silero_vad_path.name == "silero_vad.onnx"
     assert vad_segments(silero_vad_path, silence(3.0)) == []
     # -50 dBFS is below the generated model's -40 dBFS threshold
@@ -325,7 +325,7 @@ def espeak_clip(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 
 
 def test_vad_then_both_recognizers_on_espeak_speech(
-    espeak_clip: np.ndarray, silero_vad_path: Path, sensevoice_folder: Path, parakeet_folder: Path
+    espeak_clip: np.ndarray, silero_vad_path: Path, sensevoice_folder: Path, parakeet_folder: Path  # noqa: F811 - a fixture from onnx_models
 ) -> None:
     segments = vad_segments(silero_vad_path, espeak_clip)
     assert len(segments) >= 2

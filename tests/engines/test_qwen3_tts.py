@@ -13,8 +13,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from conftest import refused_url
-from doubles.qwen3_tts_server import DEFAULT_MODEL, Qwen3TtsDouble, wav_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +28,8 @@ from aistack.engines.qwen3_tts import (
 from aistack.engines.upstream_errors import MAX_MESSAGE_CHARS, upstream_message
 from aistack.errors import AistackError, ErrorKind
 from aistack.settings import Qwen3TtsSettings
+from conftest import refused_url
+from doubles.qwen3_tts_server import DEFAULT_MODEL, Qwen3TtsDouble, wav_header
 
 RATE = 24_000
 

@@ -3,6 +3,7 @@ and tokens, runaway decodes cut off, garbage prompts dropped."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_long_speech_is_decoded_in_bounded_pieces_on_one_clock(tiny: WhisperTran
     assert len(recorder.decoded_samples) >= 2 and all(n <= limit for n in recorder.decoded_samples)
     assert [s.id for s in segments] == list(range(len(segments)))
     assert all(0 <= s.start <= s.end <= info.duration for s in segments)
-    assert all(a.end <= b.start + 0.01 for a, b in zip(segments, segments[1:]))
+    assert all(a.end <= b.start + 0.01 for a, b in pairwise(segments))
     assert [s.seek for s in segments] == sorted(s.seek for s in segments)
     words = [w for s in segments for w in s.words]
     assert [w.start for w in words] == sorted(w.start for w in words)
@@ -124,7 +125,7 @@ def test_speech_pieces_cover_the_speech_in_order_within_the_limit(long_wav: Path
     pieces = speech_pieces(audio, 0.5, 10.0)
     assert len(pieces) >= 6
     assert all(0 < end - start <= 10 * SAMPLE_RATE for start, end in pieces)
-    assert all(a[1] <= b[0] for a, b in zip(pieces, pieces[1:]))
+    assert all(a[1] <= b[0] for a, b in pairwise(pieces))
     assert pieces[0][0] < SAMPLE_RATE and pieces[-1][1] > audio.shape[0] - SAMPLE_RATE
     assert speech_pieces(np.zeros(2 * SAMPLE_RATE, np.float32), 0.5, 10.0) == []
     assert speech_pieces(np.zeros(0, np.float32), 0.5, 10.0) == []

@@ -11,14 +11,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from clocks import SteppedClock, stepped_clock_fixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aistack.errors import AistackError, ErrorKind
 from aistack.scheduler import slots
 from aistack.scheduler.slots import DeviceQueue, Lease
-
+from clocks import SteppedClock, stepped_clock_fixture
 
 clock = stepped_clock_fixture(slots)  # aistack.scheduler.slots reads this clock in the tests that take `clock`
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_on_runtime
 
 from aistack.engines.base import ModelCard
 from aistack.runtime import Runtime, build_runtime
 from aistack.settings import ModelLifecycleSettings, SchedulerSettings, Settings
+from conftest import run_on_runtime
 
 pytestmark = pytest.mark.slow
 

@@ -91,7 +91,9 @@ def split(site: Site) -> SplitModel:
 def test_explicit_path_wins_over_cache_and_package(tmp_path, site, cache):
     explicit = complete(tmp_path / "mine")
     complete(cache / "m")
-    packaged = PackagedFolder(site.package("folder", {"model/model.bin": b"x", "model/config.json": CONFIG, "model/tokenizer.json": TOKENIZER}), "model")
+    packaged = PackagedFolder(
+        site.package("folder", {"model/model.bin": b"x", "model/config.json": CONFIG, "model/tokenizer.json": TOKENIZER}), "model"
+    )
     resolved = WeightResolver(cache, {"m": explicit}).resolve("m", FILES, packaged)
     assert resolved is not None
     assert (resolved.source, resolved.path, resolved.pending_join) == ("config", explicit, None)
@@ -114,7 +116,9 @@ def test_an_incomplete_explicit_path_is_not_served_nor_silently_replaced(tmp_pat
 
 def test_cache_wins_over_package(site, cache):
     complete(cache / "m")
-    packaged = PackagedFolder(site.package("folder", {"model/model.bin": b"x", "model/config.json": CONFIG, "model/tokenizer.json": TOKENIZER}), "model")
+    packaged = PackagedFolder(
+        site.package("folder", {"model/model.bin": b"x", "model/config.json": CONFIG, "model/tokenizer.json": TOKENIZER}), "model"
+    )
     resolved = WeightResolver(cache, {}).resolve("m", FILES, packaged)
     assert resolved is not None and (resolved.source, resolved.path) == ("cache", cache / "m")
 

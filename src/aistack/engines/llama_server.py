@@ -347,7 +347,7 @@ class EmbeddedLlamaServer:
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return self._state == "running"
 
     async def stop(self) -> None:
@@ -531,7 +531,7 @@ class EmbeddedLlamaServer:
                     proc.send_signal(signal.SIGTERM)
                 try:
                     await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("embedded LLM (pid %d) ignored SIGTERM for %.0f s; killing it", proc.pid, STOP_GRACE_S)
                     with contextlib.suppress(ProcessLookupError):
                         proc.send_signal(signal.SIGKILL)

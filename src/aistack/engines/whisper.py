@@ -25,10 +25,10 @@ from ..weights.catalog import (
 from ..weights.resolver import ResolvedWeights, WeightResolver
 from .base import (
     BackendStatus,
-    Transcriber,
     ModelCard,
     Segment,
     TranscribeOptions,
+    Transcriber,
     TranscriptionInfo,
     Unavailable,
     Word,

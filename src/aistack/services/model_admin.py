@@ -149,7 +149,7 @@ class ModelAdmin:
         servers = {p: s for p in providers if isinstance(s := self._upstreams.get(p), ResidencyControl)}
         answers = await asyncio.gather(*(s.resident() for s in servers.values()), return_exceptions=True)
         held: dict[str, dict[str, Residency]] = {}
-        for provider, answer in zip(servers, answers):
+        for provider, answer in zip(servers, answers, strict=True):
             if isinstance(answer, AistackError):
                 log.warning("%s cannot say which models it holds: %s", provider, answer.message)
             elif isinstance(answer, BaseException):
