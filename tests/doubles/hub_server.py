@@ -58,7 +58,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from doubles.loopback import ClientWatch, LoopbackServer
+from doubles.loopback import ClientWatch, LoopbackServer, ReleaseGate
 
 FAULTS = ("drop", "corrupt", "slow", "ignore_range", "error_500", "expired", "hold")
 LFS_SUFFIXES = (".bin", ".onnx", ".safetensors", ".gguf", ".pt")
@@ -162,12 +162,8 @@ class HubDouble(LoopbackServer):
         self._readers: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
         self._connections: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
-        # "hold": bodies that reached their hold point, and releases not yet used by one.
-        self._holds_reached = 0
-        self._holding = 0
-        self._releases = 0
-        self._hold_cond = threading.Condition()
-        self._release_event: asyncio.Event | None = None
+        # "hold": where held bodies wait for release().
+        self._hold_gate = ReleaseGate()
 
     # -- content ----------------------------------------------------------------------------
 
@@ -204,23 +200,16 @@ class HubDouble(LoopbackServer):
 
     def wait_until_holding(self, count: int = 1, timeout: float = 30.0) -> bool:
         """Block until `count` bodies in all reached their "hold" point (True) or `timeout` passes (False)."""
-        with self._hold_cond:
-            return self._hold_cond.wait_for(lambda: self._holds_reached >= count, timeout)
+        return self._hold_gate.wait_until_reached(count, timeout)
 
     @property
     def holding(self) -> int:
         """Bodies waiting at their hold point now."""
-        with self._hold_cond:
-            return self._holding
+        return self._hold_gate.waiting
 
     def release(self) -> None:
         """Let one held body go on (a release given before any body holds is kept for the next one)."""
-        with self._hold_cond:
-            self._releases += 1
-        loop, event = self._loop, self._release_event
-        if loop is not None and event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
+        self._hold_gate.release()
 
     @property
     def url(self) -> str:
@@ -233,7 +222,7 @@ class HubDouble(LoopbackServer):
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        self._release_event = asyncio.Event()
+        self._hold_gate.bind()
         sockets: list[socket.socket] = []
         try:
             for role in ("hub", "cdn"):
@@ -470,30 +459,11 @@ class HubDouble(LoopbackServer):
 
     async def _hold(self, writer: asyncio.StreamWriter) -> str | None:
         """Wait for this body's release(); "gone" or "stopping" if the client left or the server stops first."""
-        event = self._release_event
-        assert event is not None and self._stopping is not None
-        with self._hold_cond:
-            self._holds_reached += 1
-            self._holding += 1
-            self._hold_cond.notify_all()
-        watch = ClientWatch(self._readers[writer], self._stopping)  # type: ignore[arg-type]
+        assert self._stopping is not None
+        watch = ClientWatch(self._readers[writer], self._stopping)
         try:
-            while True:
-                event.clear()
-                with self._hold_cond:
-                    if self._releases > 0:
-                        self._releases -= 1
-                        return None
-                waiter = asyncio.ensure_future(event.wait())
-                try:
-                    ended = await watch.pause(None, waiter)
-                finally:
-                    waiter.cancel()
-                if ended:
-                    return ended
+            return await self._hold_gate.wait(watch)
         finally:
-            with self._hold_cond:
-                self._holding -= 1
             await watch.close()
 
     def _next_fault(self, name: str) -> Fault | None:

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import socket
 import threading
-from typing import Any, Self
+import time
+from typing import Any, Callable, Self
 
 
 class LoopbackServer:
@@ -119,6 +120,89 @@ def _port_sharing_socket(port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class ReleaseGate:
+    """Where a response waits until the test lets it go: `release()` from any thread lets one waiter on
+    (a release given while none waits is kept for the next), `wake()` makes waiters look again at
+    whether they still have to wait (as when a double leaves step mode). `reached` / `waiting` /
+    `wait_until_reached()` tell how many waits began and how many are under way.
+
+    Its asyncio side lives on the double's loop: `bind()` it at the start of every `_main`."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._releases = 0
+        self._reached = 0
+        self._waiting = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+
+    def bind(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def release(self, count: int = 1) -> None:
+        with self._cond:
+            self._releases += count
+        self.wake()
+
+    def wake(self) -> None:
+        loop, event = self._loop, self._event
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    @property
+    def reached(self) -> int:
+        with self._cond:
+            return self._reached
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return self._waiting
+
+    def wait_until_reached(self, count: int, timeout: float) -> bool:
+        """Block until `count` waits in all began (True) or `timeout` passes (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._reached >= count, timeout)
+
+    async def wait(self, watch: ClientWatch, *, closed: Callable[[], bool] = lambda: True,
+                   timeout: float | None = None) -> str | None:
+        """Take a release, waiting for one while `closed()` holds, for at most `timeout` seconds (None:
+        without end); "gone" or "stopping" if the client left or the server stops first."""
+        event = self._event
+        assert event is not None, "ReleaseGate.bind() was not called on the serving loop"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._reached += 1
+            self._waiting += 1
+            self._cond.notify_all()
+        try:
+            while closed():
+                # Cleared before the count is read, so a release or wake() that comes after is not missed.
+                event.clear()
+                with self._cond:
+                    if self._releases > 0:
+                        self._releases -= 1
+                        return None
+                if not closed():
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                waiter = asyncio.ensure_future(event.wait())
+                try:
+                    ended = await watch.pause(left, waiter)
+                finally:
+                    waiter.cancel()
+                if ended:
+                    return ended
+            return None
+        finally:
+            with self._cond:
+                self._waiting -= 1
 
 
 class ClientWatch:

@@ -66,7 +66,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from doubles.loopback import ClientWatch, LoopbackServer
+from doubles.loopback import ClientWatch, LoopbackServer, ReleaseGate
 
 DEFAULT_VERSION = "0.12.11"
 # OLLAMA_KEEP_ALIVE's default, and what a negative keep_alive becomes (time.Duration(math.MaxInt64)).
@@ -780,9 +780,7 @@ class OllamaDouble(LoopbackServer):
         self._faults: collections.deque[str] = collections.deque()
         self._chunks_sent = 0
         self._chunk_cond = threading.Condition()
-        self._releases = 0
-        self._release_lock = threading.Lock()
-        self._release_event: asyncio.Event | None = None
+        self._chunk_gate = ReleaseGate()
         self._connections: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -869,14 +867,12 @@ class OllamaDouble(LoopbackServer):
 
     def release_next_chunk(self, count: int = 1) -> None:
         """Step mode: let `count` more chunks go out (a release given early is kept)."""
-        with self._release_lock:
-            self._releases += count
-        self._wake_release()
+        self._chunk_gate.release(count)
 
     def release_all(self) -> None:
         """Leave step mode: every waiting and later chunk goes out without waiting."""
         self.step = False
-        self._wake_release()
+        self._chunk_gate.wake()
 
     def wait_for_chunks(self, count: int, timeout: float = 5.0) -> bool:
         """Block until `chunks_sent >= count` (True) or `timeout` passes (False)."""
@@ -893,12 +889,6 @@ class OllamaDouble(LoopbackServer):
             time.sleep(0.005)
         raise TimeoutError(f"no request #{count} to {path} within {timeout}s")
 
-    def _wake_release(self) -> None:
-        loop, event = self._loop, self._release_event
-        if loop is not None and event is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
-
     def _count_chunk(self, rec: RecordedRequest) -> None:
         rec.chunks_sent += 1
         with self._chunk_cond:
@@ -908,7 +898,7 @@ class OllamaDouble(LoopbackServer):
     # -- serving ----------------------------------------------------------------------------
 
     async def _main(self) -> None:
-        self._release_event = asyncio.Event()
+        self._chunk_gate.bind()
         sock: socket.socket | None = None
         try:
             sock = self._listening_socket()
@@ -1506,26 +1496,7 @@ class OllamaDouble(LoopbackServer):
 
     async def _wait_release(self, watch: ClientWatch) -> str | None:
         """Step mode: wait for release_next_chunk() (at most max_hang_s); "gone"/"stopping" if that came first."""
-        deadline = time.monotonic() + self.max_hang_s
-        event = self._release_event
-        assert event is not None
-        while self.step:
-            with self._release_lock:
-                if self._releases > 0:
-                    self._releases -= 1
-                    return None
-            event.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            waiter = asyncio.ensure_future(event.wait())
-            try:
-                ended = await watch.pause(left, waiter)
-            finally:
-                waiter.cancel()
-            if ended:
-                return ended
-        return None
+        return await self._chunk_gate.wait(watch, closed=lambda: self.step, timeout=self.max_hang_s)
 
     async def _stream(self, conn: _Conn, rec: RecordedRequest, steps: list[Callable[[], bytes]], chat: bool,
                       ident: str, include_usage: bool, watch: ClientWatch) -> bool:

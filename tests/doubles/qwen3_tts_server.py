@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from doubles.loopback import ClientWatch, LoopbackServer
+from doubles.loopback import ClientWatch, LoopbackServer, ReleaseGate
 
 DEFAULT_MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 CUSTOM_VOICE_SPEAKERS = ("aiden", "dylan", "eric", "ono_anna", "ryan", "serena", "sohee", "uncle_fu", "vivian")
@@ -209,9 +209,7 @@ class Qwen3TtsDouble(LoopbackServer):
         self._faults: collections.deque[str] = collections.deque()
         self._started_at = 0.0
         self._warmup_over: asyncio.Event | None = None
-        self._releases = 0
-        self._release_lock = threading.Lock()
-        self._release_event: asyncio.Event | None = None
+        self._chunk_gate = ReleaseGate()
         self._chunks_sent = 0
         self._chunk_cond = threading.Condition()
         self._connections: set[asyncio.Task[None]] = set()
@@ -243,14 +241,12 @@ class Qwen3TtsDouble(LoopbackServer):
 
     def release_next_chunk(self, count: int = 1) -> None:
         """Step mode: let `count` more audio chunks go out (a release given early is kept)."""
-        with self._release_lock:
-            self._releases += count
-        self._wake(self._release_event)
+        self._chunk_gate.release(count)
 
     def release_all(self) -> None:
         """Leave step mode: every held and later chunk goes out without waiting."""
         self.step = False
-        self._wake(self._release_event)
+        self._chunk_gate.wake()
 
     def wait_for_chunks(self, count: int, timeout: float = 10.0) -> bool:
         """Block until `count` audio chunks went out in all (True) or `timeout` passes (False)."""
@@ -267,7 +263,7 @@ class Qwen3TtsDouble(LoopbackServer):
 
     async def _main(self) -> None:
         self._warmup_over = asyncio.Event()
-        self._release_event = asyncio.Event()
+        self._chunk_gate.bind()
         try:
             sock = self._listening_socket()
         except BaseException as error:
@@ -634,24 +630,7 @@ class Qwen3TtsDouble(LoopbackServer):
 
     async def _wait_release(self, watch: ClientWatch) -> str | None:
         """Step mode: wait for a release_next_chunk(); "gone"/"stopping" if the client or the server ended first."""
-        event = self._release_event
-        assert event is not None
-        while self.step:
-            with self._release_lock:
-                if self._releases > 0:
-                    self._releases -= 1
-                    return None
-            event.clear()
-            if not self.step or self._releases > 0:  # released between the check and the clear
-                continue
-            waiter = asyncio.ensure_future(event.wait())
-            try:
-                ended = await watch.pause(None, waiter)
-            finally:
-                waiter.cancel()
-            if ended:
-                return ended
-        return None
+        return await self._chunk_gate.wait(watch, closed=lambda: self.step)
 
     def _count_chunk(self, call: SpeechCall) -> None:
         call.chunks_sent += 1
