@@ -158,9 +158,7 @@ class HubDouble(LoopbackServer):
         self.requests: list[RecordedRequest] = []
         self._faults: dict[str, collections.deque[Fault]] = collections.defaultdict(collections.deque)
         self._blobs: dict[str, bytes] = {}
-        self._writers: set[asyncio.StreamWriter] = set()
         self._readers: dict[asyncio.StreamWriter, asyncio.StreamReader] = {}
-        self._connections: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         # "hold": where held bodies wait for release().
         self._hold_gate = ReleaseGate()
@@ -229,34 +227,19 @@ class HubDouble(LoopbackServer):
                 sockets.append(self._listening_socket(role))
             self.port = sockets[0].getsockname()[1]
             self.cdn_port = sockets[1].getsockname()[1]
-            hub = await asyncio.start_server(lambda r, w: self._connection(r, w, "hub"), sock=sockets[0], backlog=64)
-            cdn = await asyncio.start_server(lambda r, w: self._connection(r, w, "cdn"), sock=sockets[1], backlog=64)
+            hub = await self._start_server(lambda r, w: self._connection(r, w, "hub"), sockets[0])
+            cdn = await self._start_server(lambda r, w: self._connection(r, w, "cdn"), sockets[1])
         except BaseException as error:
             self._startup_failed(error, *sockets)
             return
         self._ready.set()
         try:
-            await self._stopping.wait()
-            for server in (hub, cdn):
-                server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            if self._connections:
-                _, pending = await asyncio.wait(self._connections, timeout=2)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            for server in (hub, cdn):
-                await server.wait_closed()
+            await self._serve_until_stopped(hub, cdn)
         finally:
             for sock in sockets:
                 sock.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: str) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        self._writers.add(writer)
         self._readers[writer] = reader
         try:
             while True:
@@ -284,11 +267,7 @@ class HubDouble(LoopbackServer):
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
-            self._writers.discard(writer)
             self._readers.pop(writer, None)
-            self._connections.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
 
     async def _route(self, request: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
         if request.method not in ("GET", "HEAD"):
@@ -350,7 +329,8 @@ class HubDouble(LoopbackServer):
             return await self._error(request, writer, 401, "RepoNotFound", "Repository not found")
         if repo.gated:  # a token, but its account has not accepted the repo's terms
             return await self._error(request, writer, 403, "GatedRepo",
-                                     "Access to model " + repo_id + " is restricted. You must have access to it and be authenticated to access it.")
+                                     "Access to model " + repo_id + " is restricted."
+                                     " You must have access to it and be authenticated to access it.")
         commit = repo.commit_for(revision)
         if commit is None:
             return await self._error(request, writer, 404, "RevisionNotFound", "Invalid rev id: " + revision)

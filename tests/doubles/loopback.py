@@ -1,8 +1,9 @@
 """What the test doubles share: an asyncio server on 127.0.0.1, run in a thread of its own.
 
 A subclass names its thread (`thread_name`) and itself in errors (`label`), and writes `_main`: get
-its serving socket from `_listening_socket`, report a failure with `_startup_failed`, set `_ready`
-once it serves, and return when `_stopping` is set. `start()` serves (again, at the same address,
+its serving socket from `_listening_socket` and serve it with `_start_server` (or both at once, on the
+main port, with `_serve_main`), report a failure with `_startup_failed`, set `_ready` once it serves,
+and return after `_serve_until_stopped`. `start()` serves (again, at the same address,
 after `stop()`); `stop()` cuts open connections and refuses new ones; `close()` also gives the port
 up; `with double:` starts and closes.
 
@@ -20,7 +21,10 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Any, Callable, Self
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
+
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class LoopbackServer:
@@ -37,6 +41,9 @@ class LoopbackServer:
         # Per role ("main", or another port a double serves): the socket that holds its port.
         self._held_ports: dict[str, socket.socket] = {}
         self._closed = False
+        # Open connections, so that stopping can cut them.
+        self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     def start(self) -> Self:
         if self._closed:
@@ -100,6 +107,54 @@ class LoopbackServer:
             holder = _port_sharing_socket(0)
             self._held_ports[role] = holder
         return _port_sharing_socket(holder.getsockname()[1])
+
+    async def _start_server(self, handle: ConnectionHandler, sock: socket.socket, backlog: int = 64) -> asyncio.Server:
+        """Serve `handle(reader, writer)` for each connection on `sock`; the connection is cut when
+        the double stops (`_serve_until_stopped`) and closed once `handle` returns."""
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections.add(task)
+            self._writers.add(writer)
+            try:
+                await handle(reader, writer)
+            finally:
+                self._writers.discard(writer)
+                self._connections.discard(task)
+                with contextlib.suppress(Exception):
+                    writer.close()
+
+        return await asyncio.start_server(connection, sock=sock, backlog=backlog)
+
+    async def _serve_main(self, handle: ConnectionHandler, backlog: int = 64) -> tuple[socket.socket, asyncio.Server] | None:
+        """Serve `handle` on this double's main port; None, the failure handed to `start()`, if that failed."""
+        sock: socket.socket | None = None
+        try:
+            sock = self._listening_socket()
+            self.port = sock.getsockname()[1]
+            return sock, await self._start_server(handle, sock, backlog)
+        except BaseException as error:
+            self._startup_failed(error, sock)
+            return None
+
+    async def _serve_until_stopped(self, *servers: asyncio.Server, grace_s: float = 2.0) -> None:
+        """Wait for `stop()`, then close `servers`, cut every open connection and give their
+        handlers `grace_s` seconds to end before they are cancelled."""
+        assert self._stopping is not None
+        await self._stopping.wait()
+        for server in servers:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        pending = set(self._connections)
+        if pending and grace_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for server in servers:
+            await server.wait_closed()
 
     def _startup_failed(self, error: BaseException, *sockets: socket.socket | None) -> None:
         """`_main` could not start serving: close what it bound and hand `error` to `start()`."""

@@ -37,7 +37,8 @@ when the runner fails mid-stream: one empty chunk with `"model": ""`, then the b
 `[DONE]`). Pacing: `first_chunk_delay_s`, `chunk_interval_s`, and `step=True` (each chunk after the
 first waits for `release_next_chunk()`; `chunks_sent` / `wait_for_chunks()` tell what went out).
 `version_delay_s` delays `/api/version`, `models_delay_s` `/v1/models`. `stop()` refuses connections
-(the port stays held, so nobody else can take it); `start()` again serves at the same address. Every request is recorded (`requests`) with its peer and how it ended.
+(the port stays held, so nobody else can take it); `start()` again serves at the same address. Every
+request is recorded (`requests`) with its peer and how it ended.
 
     with OllamaDouble() as ollama:
         client = openai.OpenAI(base_url=ollama.url + "/v1", api_key="ollama")
@@ -49,19 +50,18 @@ import asyncio
 import base64
 import calendar
 import collections
-import contextlib
 import hashlib
 import json
 import random
 import re
-import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -587,8 +587,8 @@ def go_time(unix_ns: int, utc: bool = False) -> str:
     import datetime as _dt
 
     seconds, nanos = divmod(unix_ns, 10**9)
-    moment = _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc if utc else None).astimezone(
-        _dt.timezone.utc if utc else None)
+    moment = _dt.datetime.fromtimestamp(seconds, _dt.UTC if utc else None).astimezone(
+        _dt.UTC if utc else None)
     offset = moment.utcoffset() or _dt.timedelta(0)
     if offset:
         minutes = int(offset.total_seconds()) // 60
@@ -781,8 +781,6 @@ class OllamaDouble(LoopbackServer):
         self._chunks_sent = 0
         self._chunk_cond = threading.Condition()
         self._chunk_gate = ReleaseGate()
-        self._connections: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     # -- control ----------------------------------------------------------------------------
 
@@ -899,27 +897,14 @@ class OllamaDouble(LoopbackServer):
 
     async def _main(self) -> None:
         self._chunk_gate.bind()
-        sock: socket.socket | None = None
-        try:
-            sock = self._listening_socket()
-            self.port = sock.getsockname()[1]
-            server = await asyncio.start_server(self._connection, sock=sock, backlog=128)
-        except BaseException as error:
-            self._startup_failed(error, sock)
+        serving = await self._serve_main(self._connection, backlog=128)
+        if serving is None:
             return
+        sock, server = serving
         self.listening.set()
         self._ready.set()
         try:
-            await self._stopping.wait()
-            server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            if self._connections:
-                _, pending = await asyncio.wait(self._connections, timeout=2)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            await server.wait_closed()
+            await self._serve_until_stopped(server)
         finally:
             sock.close()
             self.listening.clear()
@@ -940,10 +925,6 @@ class OllamaDouble(LoopbackServer):
         return await reader.readexactly(length) if length else b""
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        self._writers.add(writer)
         peer_info = writer.get_extra_info("peername")
         peer = (str(peer_info[0]), int(peer_info[1]))
         try:
@@ -987,11 +968,6 @@ class OllamaDouble(LoopbackServer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
-        finally:
-            self._writers.discard(writer)
-            self._connections.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
 
     # -- bytes on the wire ------------------------------------------------------------------
 

@@ -212,8 +212,6 @@ class Qwen3TtsDouble(LoopbackServer):
         self._chunk_gate = ReleaseGate()
         self._chunks_sent = 0
         self._chunk_cond = threading.Condition()
-        self._connections: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     # -- control ----------------------------------------------------------------------------
 
@@ -283,18 +281,9 @@ class Qwen3TtsDouble(LoopbackServer):
                     waiter.cancel()
                 if self._stopping.is_set():
                     return
-            server = await asyncio.start_server(self._connection, sock=sock, backlog=64)
+            server = await self._start_server(self._connection, sock)
             self.listening.set()
-            await self._stopping.wait()
-            server.close()
-            for writer in list(self._writers):
-                writer.transport.abort()
-            if self._connections:
-                _, pending = await asyncio.wait(self._connections, timeout=2)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            await server.wait_closed()
+            await self._serve_until_stopped(server)
         finally:
             sock.close()
 
@@ -302,10 +291,6 @@ class Qwen3TtsDouble(LoopbackServer):
         return self.warmup_s > 0 and time.monotonic() - self._started_at < self.warmup_s
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -329,11 +314,6 @@ class Qwen3TtsDouble(LoopbackServer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
-        finally:
-            self._writers.discard(writer)
-            self._connections.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
 
     async def _route(self, method: str, path: str, headers: dict[str, str], body: bytes,
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:

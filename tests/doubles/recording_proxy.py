@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -68,8 +67,6 @@ class RecordingProxy(LoopbackServer):
         self.port = 0
         self.exchanges: list[Exchange] = []
         self._lock = threading.Lock()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._connections: set[asyncio.Task] = set()
 
     @property
     def url(self) -> str:
@@ -87,43 +84,26 @@ class RecordingProxy(LoopbackServer):
             return [e for e in self.exchanges[since:] if e.path == path]
 
     async def _main(self) -> None:
-        sock: socket.socket | None = None
-        try:
-            sock = self._listening_socket()
-            self.port = sock.getsockname()[1]
-            server = await asyncio.start_server(self._connection, sock=sock, backlog=64)
-        except BaseException as error:
-            self._startup_failed(error, sock)
+        serving = await self._serve_main(self._connection)
+        if serving is None:
             return
-        assert self._stopping is not None
+        sock, server = serving
         async with httpx.AsyncClient(base_url=self.upstream_root, trust_env=False, timeout=300) as upstream:
             self._upstream = upstream
             self._ready.set()
             try:
-                await self._stopping.wait()
-                server.close()
-                for writer in list(self._writers):
-                    writer.transport.abort()
-                for task in list(self._connections):
-                    task.cancel()
-                await asyncio.gather(*self._connections, return_exceptions=True)
-                await server.wait_closed()
+                # No grace: a forwarded request is cancelled at once, not left to end on its own.
+                await self._serve_until_stopped(server, grace_s=0)
             finally:
                 sock.close()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        self._writers.add(writer)
         try:
             while await self._one_request(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            self._connections.discard(task)
-            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -10,12 +10,11 @@ import socket
 from pathlib import Path
 
 import httpx
-import pytest
-from conftest import wait_until
-
-from doubles.hub_server import HubDouble, git_blob_oid
-
 import huggingface_hub  # noqa: E402 - installed with faster-whisper
+import pytest
+
+from conftest import wait_until
+from doubles.hub_server import HubDouble, git_blob_oid
 
 REPO = "org/tiny-model"
 WEIGHTS = bytes(range(256)) * 4096  # 1 MiB, kept in LFS
