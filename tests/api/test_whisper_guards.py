@@ -9,13 +9,13 @@ import json
 import logging
 import threading
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import Gateway
-
 from aistack.settings import WhisperSettings
+from conftest import Gateway
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +98,12 @@ def load_base(gateway, english_wav: Path) -> None:
         assert client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": "whisper-base"}).status_code == 200
 
 
+def gateway_with_base_loaded(make_inprocess_gateway, english_wav: Path, *, worker_process: bool):
+    gateway = make_inprocess_gateway(whisper=WhisperSettings(worker_process=worker_process))
+    load_base(gateway, english_wav)
+    return gateway
+
+
 def stream_and_leave_at_the_first_words(gateway, long_wav: Path) -> None:
     with gateway.client() as client, open(long_wav, "rb") as audio:
         with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
@@ -108,26 +114,35 @@ def stream_and_leave_at_the_first_words(gateway, long_wav: Path) -> None:
                     break
 
 
+def leave_the_stream_until_the_slot_is_back(gateway, long_wav: Path, client_gone: threading.Event,
+                                            restore_model: Callable[[], None]) -> None:
+    """Stream, leave at the first words, and wait until the gateway saw the client go and gave the slot
+    back; then let the decoder go on and put the model the test swapped in back with `restore_model`."""
+    from conftest import wait_until
+
+    try:
+        stream_and_leave_at_the_first_words(gateway, long_wav)
+        assert client_gone.wait(HOLD_LIMIT_S)
+        assert wait_until(lambda: gateway.runtime.scheduler.total_running() == 0)
+    finally:
+        client_gone.set()
+        restore_model()
+
+
 def test_streaming_client_that_leaves_stops_whisper_base_within_one_bounded_piece(
     make_inprocess_gateway, english_wav: Path, long_wav: Path
 ) -> None:
-    from conftest import wait_until
-
     # In-process, so the decoder itself can be watched (the worker process's test is below).
-    gateway = make_inprocess_gateway(whisper=WhisperSettings(worker_process=False))
-    runtime = gateway.runtime
-    load_base(gateway, english_wav)
-    transcriber = runtime.lifecycle.entry("whisper-base").model
+    gateway = gateway_with_base_loaded(make_inprocess_gateway, english_wav, worker_process=False)
+    transcriber = gateway.runtime.lifecycle.entry("whisper-base").model
     with watching_disconnects() as client_gone:
         recorder = PieceRecorder(transcriber._model, client_gone)
         transcriber._model = recorder
-        try:
-            stream_and_leave_at_the_first_words(gateway, long_wav)
-            assert client_gone.wait(HOLD_LIMIT_S)
-            assert wait_until(lambda: runtime.scheduler.total_running() == 0)
-        finally:
-            client_gone.set()
+
+        def restore_model() -> None:
             transcriber._model = recorder._model
+
+        leave_the_stream_until_the_slot_is_back(gateway, long_wav, client_gone, restore_model)
     limit = transcriber._settings.max_piece_s * 16000
     started_after_leaving = [samples for samples, after in recorder.pieces if after]
     assert len(started_after_leaving) <= 1, recorder.pieces
@@ -161,25 +176,19 @@ class HeldAfterFirstSegment:
 def test_streaming_client_that_leaves_stops_the_whisper_worker_within_one_piece(
     make_inprocess_gateway, english_wav: Path, long_wav: Path
 ) -> None:
-    from conftest import wait_until
-
     from aistack.engines.worker_process import HostedTranscriber
 
-    gateway = make_inprocess_gateway(whisper=WhisperSettings(worker_process=True))
-    runtime = gateway.runtime
-    load_base(gateway, english_wav)
-    entry = runtime.lifecycle.entry("whisper-base")
+    gateway = gateway_with_base_loaded(make_inprocess_gateway, english_wav, worker_process=True)
+    entry = gateway.runtime.lifecycle.entry("whisper-base")
     hosted = entry.model
     assert isinstance(hosted, HostedTranscriber)
     with watching_disconnects() as client_gone:
         entry.model = HeldAfterFirstSegment(hosted, client_gone)
-        try:
-            stream_and_leave_at_the_first_words(gateway, long_wav)
-            assert client_gone.wait(HOLD_LIMIT_S)
-            assert wait_until(lambda: runtime.scheduler.total_running() == 0)
-        finally:
-            client_gone.set()
+
+        def restore_model() -> None:
             entry.model = hosted
+
+        leave_the_stream_until_the_slot_is_back(gateway, long_wav, client_gone, restore_model)
     report = hosted.reports[-1]  # the streamed job's, told by the worker before the slot came back
     assert not report.ran_to_end
     assert report.progress["pieces"] >= 6

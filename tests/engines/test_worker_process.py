@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_until
 
 from aistack.audio.decode import decode_audio
 from aistack.engines.base import TranscribeOptions
@@ -24,6 +23,7 @@ from aistack.engines.worker_process import HostedTranscriber, WorkerDied
 from aistack.settings import Settings, WhisperSettings
 from aistack.weights.catalog import WHISPER_BY_ID
 from aistack.weights.resolver import package_dir
+from conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -46,22 +46,23 @@ def backend_for(cache: Path, *, model_paths: dict[str, Path] | None = None, cpu_
     return backend
 
 
-@pytest.fixture(scope="module")
-def hosted(models_cache: Path):
-    backend = backend_for(models_cache, worker_process=True)
+def loaded_tiny(cache: Path, *, worker_process: bool, kind: type):
+    """tiny.en loaded by a backend (in a worker process or not), of type `kind`; unloaded after."""
+    backend = backend_for(cache, worker_process=worker_process)
     transcriber = backend.load(card_for(WHISPER_BY_ID[TINY]))
-    assert isinstance(transcriber, HostedTranscriber)
+    assert isinstance(transcriber, kind)
     yield transcriber
     backend.unload(transcriber)
+
+
+@pytest.fixture(scope="module")
+def hosted(models_cache: Path):
+    yield from loaded_tiny(models_cache, worker_process=True, kind=HostedTranscriber)
 
 
 @pytest.fixture(scope="module")
 def in_process(models_cache: Path):
-    backend = backend_for(models_cache, worker_process=False)
-    transcriber = backend.load(card_for(WHISPER_BY_ID[TINY]))
-    assert isinstance(transcriber, WhisperTranscriber)
-    yield transcriber
-    backend.unload(transcriber)
+    yield from loaded_tiny(models_cache, worker_process=False, kind=WhisperTranscriber)
 
 
 def transcript(transcriber, audio: np.ndarray):
@@ -124,7 +125,9 @@ def test_closing_the_segments_early_stops_the_childs_job_before_its_last_piece(h
     assert transcript(hosted, audio)[1]  # the child serves the next job
 
 
-def test_a_child_killed_mid_job_fails_that_job_and_the_next_job_starts_a_fresh_child(models_cache: Path, english_wav: Path, long_wav: Path) -> None:
+def test_a_child_killed_mid_job_fails_that_job_and_the_next_job_starts_a_fresh_child(
+    models_cache: Path, english_wav: Path, long_wav: Path
+) -> None:
     backend = backend_for(models_cache, worker_process=True)
     transcriber = backend.load(card_for(WHISPER_BY_ID[TINY]))
     try:
