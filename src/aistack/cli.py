@@ -116,7 +116,7 @@ def _languages(languages: tuple[str, ...] | None) -> str:
 
 
 def print_models(snapshot: Snapshot, weights: list[tuple[str, ...]] | None = None) -> None:
-    rows = [("ID", "CAPABILITIES", "LANGUAGES", "STREAMING", "PROVIDER")]
+    rows: list[tuple[str, ...]] = [("ID", "CAPABILITIES", "LANGUAGES", "STREAMING", "PROVIDER")]
     for card in snapshot.listing():
         rows.append((card.id, ",".join(card.capabilities), _languages(card.languages),
                      "yes" if card.supports_streaming else "no", card.provider))
@@ -139,7 +139,7 @@ def weights_rows(resolver: WeightResolver) -> list[tuple[str, ...]]:
     from .weights.catalog import WHISPER_BY_ID, hub_files
     from .weights.hub import is_pulled, pullable_models
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for model_id in pullable_models():
         hub = hub_files(model_id)
         assert hub is not None

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import cached_property
 
-from .engines.base import Backend, BackendStatus, ModelCard, Unavailable
+from .engines.base import BackendStatus, ModelCard, ProbedEngine, Unavailable
 from .errors import AistackError, network, not_found
 
 log = logging.getLogger("aistack.inventory")
@@ -84,7 +84,7 @@ class Snapshot:
 
 
 class Inventory:
-    def __init__(self, backends: Sequence[Backend], probe_timeout_s: float, ttl_s: float) -> None:
+    def __init__(self, backends: Sequence[ProbedEngine], probe_timeout_s: float, ttl_s: float) -> None:
         self.backends = tuple(backends)
         self.probe_timeout_s = probe_timeout_s
         self.ttl_s = ttl_s
@@ -129,7 +129,7 @@ class Inventory:
         why = status.unavailable[0]
         return replace(status, unavailable=(*status.unavailable, *(Unavailable(m, why.reason, why.fix) for m in lost)))
 
-    def _probe_future(self, backend: Backend) -> Future[BackendStatus]:
+    def _probe_future(self, backend: ProbedEngine) -> Future[BackendStatus]:
         """The backend's running probe, or a new one on its own daemon thread.
 
         A probe that hangs keeps its thread; reusing it (rather than starting another each refresh)
@@ -150,7 +150,7 @@ class Inventory:
         self._probes_in_flight[backend.provider] = future
         return future
 
-    async def _probe(self, backend: Backend) -> BackendStatus:
+    async def _probe(self, backend: ProbedEngine) -> BackendStatus:
         try:
             future = asyncio.wrap_future(self._probe_future(backend))
             status = await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)

@@ -51,7 +51,7 @@ class ResidentModel:
 
 
 class ModelLifecycle:
-    def __init__(self, backends: Mapping[str, Backend], settings: ModelLifecycleSettings) -> None:
+    def __init__(self, backends: Mapping[str, Backend[Any]], settings: ModelLifecycleSettings) -> None:
         self._backends = backends
         self._settings = settings
         self._entries: dict[str, ResidentModel] = {}
@@ -196,7 +196,7 @@ class ModelLifecycle:
         self._spawn(self._load(entry, backend))
         return entry
 
-    async def _load(self, entry: ResidentModel, backend: Backend) -> None:
+    async def _load(self, entry: ResidentModel, backend: Backend[Any]) -> None:
         try:
             await self._make_room_for(entry)
             started = time.perf_counter()
@@ -289,7 +289,7 @@ class ModelLifecycle:
         task.add_done_callback(self._tasks.discard)
 
 
-def _release(backend: Backend, holder: list[Any], memory: ProcessMemory, page_out_libraries: bool) -> MemoryRelease:
+def _release(backend: Backend[Any], holder: list[Any], memory: ProcessMemory, page_out_libraries: bool) -> MemoryRelease:
     model = holder.pop()
     backend.unload(model)
     del model

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from .engines.base import Backend, ChatUpstream, Residency, ResidencyState, SpeechUpstream
 from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
@@ -39,7 +40,7 @@ class Runtime:
     settings: Settings
     resolver: WeightResolver
     whisper: WhisperBackend
-    backends: dict[str, Backend]
+    backends: dict[str, Backend[Any]]
     inventory: Inventory
     scheduler: Scheduler
     lifecycle: ModelLifecycle
@@ -108,7 +109,7 @@ def build_runtime(settings: Settings) -> Runtime:
     parakeet = SherpaBackend("parakeet", settings.onnx_asr, resolver)
     sensevoice = SherpaBackend("sensevoice", settings.onnx_asr, resolver)
     piper = PiperBackend(settings.tts.piper, resolver)
-    backends: tuple[Backend, ...] = (whisper, parakeet, sensevoice, piper)
+    backends: tuple[Backend[Any], ...] = (whisper, parakeet, sensevoice, piper)
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
     by_provider = {b.provider: b for b in backends}
@@ -126,7 +127,7 @@ def build_runtime(settings: Settings) -> Runtime:
         events,
         default_whisper_id=whisper_id_for_size(settings.whisper.default_size),
     )
-    speech = SpeechService(settings.tts, inventory, by_provider, upstreams, scheduler, lifecycle, gate, events)
+    speech = SpeechService(settings.tts, inventory, {piper.provider: piper}, upstreams, scheduler, lifecycle, gate, events)
     llm = LlmProxy(settings.llm, inventory, chat, gate)
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
+from ..engines.base import ClosableAsyncIterator
 from ..errors import ClientGone
 from ..runtime import Runtime
 from .middleware import mark_cancelled
@@ -18,7 +19,8 @@ T = TypeVar("T")
 
 
 def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
+    runtime: Runtime = request.app.state.runtime  # Starlette's State holds untyped attributes
+    return runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -54,10 +56,10 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientGone()
 
 
-async def cancellable_body(request: Request, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def cancellable_body(request: Request, body: ClosableAsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     """Relay a streamed body; one closed or cancelled before it ran out was left by its client (499)."""
     try:
-        async with aclosing(body) as parts:  # type: ignore[type-var]
+        async with aclosing(body) as parts:
             async for part in parts:
                 yield part
     except (GeneratorExit, asyncio.CancelledError):

@@ -197,6 +197,8 @@ class ApiKeyMiddleware:
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
+    key: bytes
+    value: bytes
     for key, value in scope.get("headers") or []:
         if key.lower() == name:
             return value.decode("latin-1")

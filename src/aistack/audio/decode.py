@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import av
 import numpy as np
@@ -85,7 +85,7 @@ def _reject_short_wav(source: BinaryIO, param: str) -> None:
     header = source.read(64 * 1024)
     if header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
         return
-    byte_order = "big" if header[:4] == b"RIFX" else "little"
+    byte_order: Literal["big", "little"] = "big" if header[:4] == b"RIFX" else "little"
     offset = 12
     while offset + 8 <= len(header):
         chunk_id, chunk_size = header[offset : offset + 4], int.from_bytes(header[offset + 4 : offset + 8], byte_order)

@@ -113,9 +113,11 @@ class SpeechEncoder:
             self._container = av.open(
                 self._sink, mode="w", format=codec.container, container_options=dict(codec.container_options)
             )
-            self._stream = self._container.add_stream(codec.codec, rate=OUTPUT_SAMPLE_RATE, layout="mono")
+            stream = self._container.add_stream(codec.codec, rate=OUTPUT_SAMPLE_RATE, layout="mono")
+            assert isinstance(stream, av.audio.stream.AudioStream)  # every codec in _CODECS is an audio codec
             if codec.bit_rate:
-                self._stream.codec_context.bit_rate = codec.bit_rate
+                stream.codec_context.bit_rate = codec.bit_rate
+            self._stream = stream
             # Opening the codec now makes a missing encoder fail here, before any response has started.
             self._container.start_encoding()
 
@@ -176,6 +178,7 @@ class SpeechEncoder:
                 frame = graph.pull()
             except (BlockingIOError, EOFError):
                 return
+            assert isinstance(frame, av.AudioFrame)  # the graph is built from audio buffers only
             self._encode(frame)
 
     def _encode(self, frame: av.AudioFrame) -> None:

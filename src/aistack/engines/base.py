@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -22,6 +22,21 @@ PROBE_BUDGET_SHARE = 0.8
 # "embeddings" is additive: a model that only embeds (Ollama's embedding models) is not "llm".
 Capability = Literal["asr", "tts", "llm", "embeddings"]
 Task = Literal["transcribe", "translate"]
+
+_Item_co = TypeVar("_Item_co", covariant=True)
+# What a backend's `load` gives and its `unload` takes back: a Transcriber, a Synthesizer.
+_Loaded = TypeVar("_Loaded")
+
+
+class ClosableAsyncIterator(Protocol[_Item_co]):
+    """An async iterator its consumer can end early (an async generator, or a wrapper around one):
+    `aclose` stops whatever produces it, so `contextlib.aclosing` can guarantee that."""
+
+    def __aiter__(self) -> AsyncIterator[_Item_co]: ...
+
+    async def __anext__(self) -> _Item_co: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -162,7 +177,9 @@ class SpeechUpstream(Protocol):
 
     def voices(self, card: ModelCard) -> list[VoiceInfo]: ...
 
-    def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> AsyncIterator[PcmChunk]:
+    def default_voice(self, card: ModelCard) -> str: ...
+
+    def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> ClosableAsyncIterator[PcmChunk]:
         """Audio as the server sends it; failures raise AistackError (network, timeout, unknown)."""
         ...
 
@@ -233,13 +250,19 @@ class ResidencyControl(Protocol):
         ...
 
 
-class Backend(Protocol):
+class ProbedEngine(Protocol):
+    """Anything the inventory lists: an in-process backend, a speech or a chat upstream."""
+
     provider: str
     capability: Capability
 
     def probe(self) -> BackendStatus:
-        """Blocking and cheap (file checks, no imports of heavy libraries, no loading)."""
+        """Blocking, within the probe timeout: the models it can serve now, or why not."""
         ...
+
+
+class Backend(ProbedEngine, Protocol[_Loaded]):
+    """An in-process engine; `probe` is cheap here (file checks, no imports of heavy libraries, no loading)."""
 
     def device(self, card: ModelCard) -> str:
         """Where the model runs: `cpu` or `cuda:N`; jobs queue per device."""
@@ -249,10 +272,10 @@ class Backend(Protocol):
         """Approximate bytes the loaded model holds (for the resident budget and /admin/models)."""
         ...
 
-    def load(self, card: ModelCard) -> Transcriber:
+    def load(self, card: ModelCard) -> _Loaded:
         """Blocking: load the model's weights."""
         ...
 
-    def unload(self, model: Transcriber) -> None:
+    def unload(self, model: _Loaded) -> None:
         """Blocking: free what the engine holds outside Python objects (device memory, native buffers)."""
         ...

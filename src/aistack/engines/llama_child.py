@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(rest)  # an unknown flag exits 2, as llama_cpp.server does
     server_settings = parse_model_from_args(ServerSettings, args)
     model_settings = [parse_model_from_args(ModelSettings, args)]
-    app = create_app(server_settings=server_settings, model_settings=model_settings)
+    # llama_cpp annotates parse_model_from_args as returning the class it is given; it returns an instance.
+    app = create_app(server_settings=server_settings, model_settings=model_settings)  # type: ignore[arg-type]
     # socket(fileno=) reads the family from the fd itself (uvicorn's own `fd=` assumes AF_UNIX).
     listening = socket.socket(fileno=fd)
     server = uvicorn.Server(uvicorn.Config(app))

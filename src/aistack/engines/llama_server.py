@@ -181,7 +181,7 @@ class _Child:
         self.exited: asyncio.Future[int] = loop.create_future()
         self._pidfd: int | None = None
         try:
-            self._pidfd = os.pidfd_open(popen.pid)  # type: ignore[attr-defined]
+            self._pidfd = os.pidfd_open(popen.pid)
             loop.add_reader(self._pidfd, self._check)
         except (AttributeError, OSError, NotImplementedError):
             if self._pidfd is not None:
@@ -348,7 +348,8 @@ class EmbeddedLlamaServer:
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
-                return self._state == "running"
+                # Read through the property: the supervisor task may have changed the state while this waited.
+                return self.state == "running"
 
     async def stop(self) -> None:
         """Stop supervising; SIGTERM the child by its own PID, SIGKILL after ~10 s; reap it."""
@@ -444,9 +445,9 @@ class EmbeddedLlamaServer:
             self.retrying = False
             self._set_state("failed")
         finally:
-            proc = self._proc
-            if proc is not None and proc.returncode is None:
-                await self._terminate(proc)
+            last = self._proc
+            if last is not None and last.returncode is None:
+                await self._terminate(last)
 
     def _command(self, listening_fd: int) -> list[str]:
         assert self.gguf is not None

@@ -39,7 +39,7 @@ FOREVER_AFTER_S = 100 * 365 * 24 * 3600
 
 class OllamaBackend:
     provider = PROVIDER
-    capability = "llm"
+    capability: Capability = "llm"
     # Ollama's /v1 passes the role on untouched, and models' templates know `system`, `user`, `assistant`
     # and `tool`: a `developer` message would be left out of the prompt without a word.
     accepts_developer_role = False
@@ -90,7 +90,7 @@ class OllamaBackend:
     def _down(self, detail: str) -> BackendStatus:
         return BackendStatus(PROVIDER, "llm", unavailable=(self.unreachable(detail),))
 
-    def _card(self, client: httpx.Client, item: dict, deadline: float) -> ModelCard:
+    def _card(self, client: httpx.Client, item: dict[str, Any], deadline: float) -> ModelCard:
         name = str(item["name"])
         details = item.get("details") or {}
         return ModelCard(
@@ -118,10 +118,8 @@ class OllamaBackend:
         if not isinstance(listed, list):  # an Ollama too old to say: every model chats
             capabilities: tuple[Capability, ...] = ("llm",)
         else:
-            capabilities = tuple(
-                capability for capability, ollama_name in (("llm", "completion"), ("embeddings", "embedding"))
-                if ollama_name in listed
-            ) or ("llm",)
+            ollama_names: tuple[tuple[Capability, str], ...] = (("llm", "completion"), ("embeddings", "embedding"))
+            capabilities = tuple(capability for capability, ollama_name in ollama_names if ollama_name in listed) or ("llm",)
         self._capabilities[(name, digest)] = capabilities
         return capabilities
 

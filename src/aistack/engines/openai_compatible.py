@@ -14,7 +14,7 @@ from collections.abc import Callable
 import httpx
 
 from ..errors import AistackError, ErrorKind
-from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, Residency, Unavailable
+from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Residency, Unavailable
 
 log = logging.getLogger("aistack.engines.openai_compatible")
 
@@ -23,7 +23,7 @@ BUSY_GRACE_S = 60.0
 
 
 class OpenAICompatibleBackend:
-    capability = "llm"
+    capability: Capability = "llm"
     # llama-cpp-python refuses the role (a 500); which others take it cannot be asked, and `system` means
     # the same to all of them.
     accepts_developer_role = False

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..settings import PiperSettings
 from ..weights.resolver import WeightResolver, package_dir
-from .base import BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+from .base import BackendStatus, Capability, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
 
 log = logging.getLogger("aistack.engines.piper")
 
@@ -75,7 +75,7 @@ class PiperSynthesizer:
 
 class PiperBackend:
     provider = PROVIDER
-    capability = "tts"
+    capability: Capability = "tts"
 
     def __init__(self, settings: PiperSettings, resolver: WeightResolver) -> None:
         self._settings = settings

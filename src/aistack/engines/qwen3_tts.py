@@ -20,15 +20,16 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import AistackError, ErrorKind
 from ..settings import Qwen3TtsSettings
-from .base import PROBE_BUDGET_SHARE, BackendStatus, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
 from .upstream_errors import MAX_MESSAGE_CHARS, error_message, upstream_message
 
 log = logging.getLogger("aistack.engines.qwen3_tts")
@@ -63,7 +64,7 @@ _KNOWN_SPEAKERS = {voice.id: voice for voice in CUSTOM_VOICE_SPEAKERS}
 
 class Qwen3TtsBackend:
     provider = PROVIDER
-    capability = "tts"
+    capability: Capability = "tts"
     # A streamed request refuses speed != 1.0 on vLLM-Omni, so the gateway time-stretches.
     native_speed = False
     # What `speak` asks for; "wav" works as well on releases that stream WAV.
@@ -183,10 +184,11 @@ class Qwen3TtsBackend:
             body[key] = value
         return body
 
-    async def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> AsyncIterator[PcmChunk]:
+    async def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> AsyncGenerator[PcmChunk, None]:
         """Audio as the server decodes it; failures raise AistackError. Closing the generator closes the connection."""
         body = self.request_body(card, text, options)
-        raw_rate = body.get("sample_rate") if isinstance(body.get("sample_rate"), int) else NATIVE_SAMPLE_RATE
+        requested_rate = body.get("sample_rate")
+        raw_rate = requested_rate if isinstance(requested_rate, int) else NATIVE_SAMPLE_RATE
         client = self._async_client()
         request = client.build_request("POST", f"{self._base_url}/v1/audio/speech", json=body)
         try:
@@ -315,8 +317,9 @@ def _health_detail(response: httpx.Response) -> str:
         payload = response.json()
     except ValueError:
         return response.text.strip()[:MAX_MESSAGE_CHARS]
-    if isinstance(payload, dict) and isinstance(payload.get("reason"), str):
-        return payload["reason"]
+    reason = payload.get("reason") if isinstance(payload, dict) else None
+    if isinstance(reason, str):
+        return reason
     return upstream_message(response.content, response.status_code)[0] if response.content else ""
 
 
@@ -485,7 +488,7 @@ class PcmStreamDecoder:
 def _to_mono_int16(raw: bytes, tag: int, channels: int, bits: int) -> np.ndarray:
     if tag == _FLOAT:
         values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-        scaled = np.clip(values, -1.0, 1.0) * 32767.0
+        scaled: npt.NDArray[np.float32] = np.clip(values, -1.0, 1.0) * 32767.0
     elif bits == 32:
         scaled = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 65536.0
     else:

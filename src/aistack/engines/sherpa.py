@@ -22,7 +22,7 @@ import numpy as np
 from ..settings import OnnxAsrSettings
 from ..weights.catalog import ONNX_ASR_MODELS, SILERO_VAD, SILERO_VAD_ID, OnnxAsrSpec
 from ..weights.resolver import WeightResolver, is_complete_folder
-from .base import BackendStatus, ModelCard, Segment, TranscribeOptions, TranscriptionInfo, Unavailable, Word
+from .base import BackendStatus, Capability, ModelCard, Segment, TranscribeOptions, TranscriptionInfo, Unavailable, Word
 
 log = logging.getLogger("aistack.engines.sherpa")
 
@@ -143,7 +143,7 @@ class SherpaTranscriber:
 class SherpaBackend:
     """The ONNX ASR engines of one family (provider `parakeet` or `sensevoice`)."""
 
-    capability = "asr"
+    capability: Capability = "asr"
 
     def __init__(self, family: str, settings: OnnxAsrSettings, resolver: WeightResolver) -> None:
         self.provider = family

@@ -289,14 +289,15 @@ def _raw_message(payload: Any) -> str | None:
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
+    nested = error.get("message") if isinstance(error, dict) else None
+    if isinstance(nested, str):
+        return nested
     if isinstance(error, str):
         return error
-    if isinstance(payload.get("message"), str):
-        return payload["message"]
-    if isinstance(payload.get("detail"), str):
-        return payload["detail"]
+    for key in ("message", "detail"):
+        text = payload.get(key)
+        if isinstance(text, str):
+            return text
     return None
 
 

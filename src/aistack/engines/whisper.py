@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,10 @@ from ..weights.catalog import (
 from ..weights.resolver import ResolvedWeights, WeightResolver
 from .base import (
     BackendStatus,
+    Capability,
     ModelCard,
     Segment,
     TranscribeOptions,
-    Transcriber,
     TranscriptionInfo,
     Unavailable,
     Word,
@@ -139,7 +139,7 @@ class WhisperTranscriber:
         prompt: str | None,
         options: TranscribeOptions,
         progress: dict[str, int],
-    ) -> Iterator[Segment]:
+    ) -> Generator[Segment, None, None]:
         index = 0
         previous: list[str] = []  # what the last piece said: the next one is conditioned on it
         for number, piece in enumerate(pieces):
@@ -172,7 +172,7 @@ class PieceSegments:
     """The segments of one transcription, with how many of its speech pieces have been started
     (`progress`: pieces, pieces_decoded), so a stopped job shows how far it got."""
 
-    def __init__(self, segments: Iterator[Segment], progress: dict[str, int]) -> None:
+    def __init__(self, segments: Generator[Segment, None, None], progress: dict[str, int]) -> None:
         self._segments = segments
         self.progress = progress
 
@@ -183,7 +183,7 @@ class PieceSegments:
         return next(self._segments)
 
     def close(self) -> None:
-        self._segments.close()  # type: ignore[attr-defined]
+        self._segments.close()
 
 
 SAMPLE_RATE = 16_000
@@ -314,9 +314,13 @@ def _convert(s: Any, index: int, piece: tuple[int, int]) -> Segment:
     )
 
 
+# In a worker process (worker_process on) or in this one; either is a Transcriber with a close().
+LoadedWhisper = WhisperTranscriber | HostedTranscriber
+
+
 class WhisperBackend:
     provider = PROVIDER
-    capability = "asr"
+    capability: Capability = "asr"
 
     def __init__(self, settings: WhisperSettings, resolver: WeightResolver, slots_on: Callable[[str], int]) -> None:
         self._settings = settings
@@ -391,14 +395,14 @@ class WhisperBackend:
         resolved = self.resolve(WHISPER_BY_ID[card.id])
         return 0 if resolved is None else self._resolver.size_bytes(resolved)
 
-    def unload(self, model: Transcriber) -> None:
-        model.close()  # type: ignore[attr-defined]
+    def unload(self, model: LoadedWhisper) -> None:
+        model.close()
         self._loaded -= 1
         if self._loaded == 0 and "faster_whisper.vad" in sys.modules:
             # The Silero VAD session (onnxruntime) is cached for the process; it goes with the last model.
             sys.modules["faster_whisper.vad"].get_vad_model.cache_clear()
 
-    def load(self, card: ModelCard) -> Transcriber:
+    def load(self, card: ModelCard) -> LoadedWhisper:
         """In a worker process when `worker_process` is on (this process then never imports the engine)."""
         spec = WHISPER_BY_ID[card.id]
         resolved = self.resolve(spec)
@@ -408,7 +412,7 @@ class WhisperBackend:
         device = self.device(card)
         args = (card, str(path), device, self._slots_on(device), self._settings)
         started = time.perf_counter()
-        transcriber: Transcriber
+        transcriber: LoadedWhisper
         if self._settings.worker_process:
             transcriber = HostedTranscriber(card, TranscriberFactory(__name__, build_transcriber.__name__, args), f"{PROVIDER} {card.id}")
         else:

@@ -270,7 +270,8 @@ class _JobSegments:
             self._host.reports.append(message[2])
             self._finish()
             raise StopIteration
-        return message[2]
+        segment: Segment = message[2]  # what crosses the pipe is unpickled, so untyped
+        return segment
 
     def close(self) -> None:
         if not self._done:
@@ -362,9 +363,9 @@ def child_main(fd: int) -> None:
                 threading.Thread(target=_run_job, args=(transcriber, job_id, audio, options, commands, send, jobs),
                                  name=f"job-{job_id}", daemon=True).start()
             elif kind in ("next", "stop"):
-                commands = jobs.get(message[1])
-                if commands is not None:
-                    commands.put(kind)
+                running = jobs.get(message[1])
+                if running is not None:
+                    running.put(kind)
     finally:
         close = getattr(transcriber, "close", None)
         if close is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -65,7 +65,7 @@ class Scheduler:
         for workers in self._workers.values():
             workers.shutdown(wait=False, cancel_futures=True)
 
-    async def stream(self, lease: Lease, produce: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    async def stream(self, lease: Lease, produce: Callable[[], Iterator[T]]) -> AsyncGenerator[T, None]:
         """Run `produce()` on the lease's device and yield its items here as they are made.
 
         The worker takes the lease over and releases it once the engine has stopped. Leaving the

@@ -14,7 +14,7 @@ from ..scheduler import Lease, Scheduler
 async def claim(
     scheduler: Scheduler,
     lifecycle: ModelLifecycle,
-    backend: Backend,
+    backend: Backend[Any],
     card: ModelCard,
     capability: str,
     on_lease: Callable[[Lease], None],

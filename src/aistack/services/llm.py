@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ..engines.base import ChatUpstream, ModelCard
+from ..engines.base import ChatUpstream, ClosableAsyncIterator, ModelCard
 from ..engines.upstream_errors import UpstreamRefusal, read_refusal
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
@@ -57,7 +57,7 @@ class UpstreamAnswer:
     card: ModelCard
     status_code: int
     headers: dict[str, str]
-    body: AsyncIterator[bytes]
+    body: ClosableAsyncIterator[bytes]
     is_event_stream: bool
     held: AsyncExitStack
 
@@ -167,8 +167,8 @@ class LlmProxy:
             )
         fixes = [fix for provider in reachable if (fix := self._upstreams[provider].missing_model_fix(model))]
         hint = f"; to get it: {' or '.join(f'`{fix}`' for fix in fixes)}" if fixes else ""
-        down = [s.provider for s in statuses if s.unavailable]
-        also = f" ({', '.join(down)} not reachable now)" if down else ""
+        unreachable = [s.provider for s in statuses if s.unavailable]
+        also = f" ({', '.join(unreachable)} not reachable now)" if unreachable else ""
         return not_found(f"model '{model}' is not available here{hint}; LLMs here: {choices}{also}", param="model")
 
     # -- talking to it ----------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class LlmProxy:
                               is_event_stream, held)
 
     async def _body(self, upstream: ChatUpstream, response: httpx.Response, held: AsyncExitStack,
-                    is_event_stream: bool) -> AsyncIterator[bytes]:
+                    is_event_stream: bool) -> AsyncGenerator[bytes, None]:
         tail = b""  # the end of what was relayed, to see whether an event stream finished
         try:
             async for chunk in response.aiter_raw():

@@ -54,7 +54,7 @@ class ModelAdmin:
         self,
         inventory: Inventory,
         lifecycle: ModelLifecycle,
-        in_process: Mapping[str, Backend],
+        in_process: Mapping[str, Backend[Any]],
         upstreams: Mapping[str, object],
         pinned: Collection[str],
     ) -> None:

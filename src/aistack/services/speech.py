@@ -13,14 +13,15 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..audio.encode import SpeechEncoder, encode_speech
 from ..engines.base import (
     Backend,
+    ClosableAsyncIterator,
     ModelCard,
     PcmChunk,
     SpeechOptions,
@@ -54,6 +55,13 @@ class VoiceCatalog(Protocol):
     def default_voice(self, card: ModelCard) -> str: ...
 
 
+_Synthesizer = TypeVar("_Synthesizer")
+
+
+class SpeechBackend(Backend[_Synthesizer], VoiceCatalog, Protocol[_Synthesizer]):
+    """An in-process text-to-speech engine: it loads a synthesizer and tells about its voices."""
+
+
 @dataclass(frozen=True)
 class SpeechPlan:
     card: ModelCard
@@ -67,7 +75,7 @@ class SpeechService:
         self,
         settings: TtsSettings,
         inventory: Inventory,
-        in_process: Mapping[str, Backend],
+        in_process: Mapping[str, SpeechBackend[Any]],
         upstreams: Mapping[str, SpeechUpstream],
         scheduler: Scheduler,
         lifecycle: ModelLifecycle,
@@ -167,7 +175,7 @@ class SpeechService:
             raise
         return Primed(first, chunks)
 
-    async def _run_in_process(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncIterator[PcmChunk]:
+    async def _run_in_process(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncGenerator[PcmChunk, None]:
         card = plan.card
         lease, synthesizer = await claim(
             self._scheduler, self._lifecycle, self._in_process[card.provider], card, "tts", on_lease
@@ -181,9 +189,9 @@ class SpeechService:
 
         return self._engine_errors(card, self._scheduler.stream(lease, produce))
 
-    async def _engine_errors(self, card: ModelCard, chunks: AsyncIterator[PcmChunk]) -> AsyncIterator[PcmChunk]:
+    async def _engine_errors(self, card: ModelCard, chunks: ClosableAsyncIterator[PcmChunk]) -> AsyncGenerator[PcmChunk, None]:
         try:
-            async with aclosing(chunks) as items:  # type: ignore[type-var]
+            async with aclosing(chunks) as items:
                 async for chunk in items:
                     yield chunk
         except AistackError:
@@ -192,15 +200,15 @@ class SpeechService:
             log.exception("%s failed on %s", card.provider, card.id)
             raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} failed while synthesizing: {error}", provider=card.provider) from None
 
-    async def _relay(self, plan: SpeechPlan, text: str) -> AsyncIterator[PcmChunk]:
+    async def _relay(self, plan: SpeechPlan, text: str) -> AsyncGenerator[PcmChunk, None]:
         card = plan.card
         upstream = self._upstreams[card.provider]
-        async with self._gate.call(card.provider, "tts"), aclosing(upstream.speak(card, text, plan.options)) as chunks:  # type: ignore[type-var]
+        async with self._gate.call(card.provider, "tts"), aclosing(upstream.speak(card, text, plan.options)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
     def _catalog(self, card: ModelCard) -> VoiceCatalog:
-        return self._upstreams.get(card.provider) or self._in_process[card.provider]  # type: ignore[return-value]
+        return self._upstreams.get(card.provider) or self._in_process[card.provider]
 
     def _native_speed(self, card: ModelCard) -> bool:
         return self._catalog(card).native_speed
@@ -242,9 +250,9 @@ def _not_text(value: str) -> str | None:
     return None
 
 
-async def audio_stream(chunks: AsyncIterator[PcmChunk], encoder: SpeechEncoder) -> AsyncIterator[bytes]:
+async def audio_stream(chunks: ClosableAsyncIterator[PcmChunk], encoder: SpeechEncoder) -> AsyncGenerator[bytes, None]:
     """The encoded audio, each part as soon as the encoder has it; closing this stops the synthesis."""
-    async with aclosing(chunks) as pcm:  # type: ignore[type-var]
+    async with aclosing(chunks) as pcm:
         async for chunk in pcm:
             data = await asyncio.to_thread(encoder.feed, chunk)
             if data:
@@ -254,14 +262,14 @@ async def audio_stream(chunks: AsyncIterator[PcmChunk], encoder: SpeechEncoder) 
         yield tail
 
 
-async def whole_audio(chunks: AsyncIterator[PcmChunk], response_format: str, stretch: float) -> bytes:
+async def whole_audio(chunks: ClosableAsyncIterator[PcmChunk], response_format: str, stretch: float) -> bytes:
     """The whole file once synthesis has ended; a WAV then states its real sizes."""
-    async with aclosing(chunks) as pcm:  # type: ignore[type-var]
+    async with aclosing(chunks) as pcm:
         collected = [chunk async for chunk in pcm]
     return await asyncio.to_thread(encode_speech, collected, response_format, stretch)
 
 
-async def audio_events(chunks: AsyncIterator[PcmChunk], encoder: SpeechEncoder, characters: int) -> AsyncIterator[bytes]:
+async def audio_events(chunks: ClosableAsyncIterator[PcmChunk], encoder: SpeechEncoder, characters: int) -> AsyncGenerator[bytes, None]:
     """OpenAI's `stream_format: "sse"`: base64 deltas, then the usage; a failure mid-way is an `error` event."""
     try:
         async with aclosing(audio_stream(chunks, encoder)) as encoded:
@@ -278,7 +286,7 @@ class Primed:
     """A synthesis whose first chunk was already taken: it comes first, then the rest. Closing it
     closes the engine's stream even if iteration never started."""
 
-    def __init__(self, first: PcmChunk, rest: AsyncIterator[PcmChunk]) -> None:
+    def __init__(self, first: PcmChunk, rest: ClosableAsyncIterator[PcmChunk]) -> None:
         self._first: PcmChunk | None = first
         self._rest = rest
 
@@ -293,4 +301,4 @@ class Primed:
 
     async def aclose(self) -> None:
         self._first = None
-        await self._rest.aclose()  # type: ignore[attr-defined]
+        await self._rest.aclose()

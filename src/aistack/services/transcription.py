@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +52,7 @@ class TranscriptionService:
     def __init__(
         self,
         inventory: Inventory,
-        backends: Mapping[str, Backend],
+        backends: Mapping[str, Backend[Any]],
         scheduler: Scheduler,
         lifecycle: ModelLifecycle,
         events: EngineEvents,
@@ -95,7 +95,7 @@ class TranscriptionService:
         lease, transcriber = await claim(self._scheduler, self._lifecycle, self._backends[card.provider], card, "asr", on_lease)
         return Job(lease, transcriber)
 
-    async def run(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[TranscriptionInfo | Segment]:
+    async def run(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncGenerator[TranscriptionInfo | Segment, None]:
         """The detected info first, then each segment as the engine decodes it."""
         transcriber = job.transcriber
         card = transcriber.card
@@ -130,7 +130,7 @@ class TranscriptionService:
         assert info is not None
         return Transcript(job.transcriber.card.id, options.task, info, tuple(segments))
 
-    async def stream_events(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[bytes]:
+    async def stream_events(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncGenerator[bytes, None]:
         """SSE: a delta and a segment event per decoded segment, then done; an error event if decoding fails."""
         pieces: list[str] = []
         duration = 0.0

@@ -151,7 +151,8 @@ def _marker_files_present(folder: Path, marker: dict[str, Any]) -> bool:
 
 
 class ByteProgress(Protocol):
-    def update(self, amount: int) -> None: ...
+    # Positional and returning anything: tqdm's own `update(n)` is one (it returns whether it redrew).
+    def update(self, amount: int, /) -> object: ...
     def close(self) -> None: ...
 
 
@@ -286,8 +287,8 @@ class HubClient:
         except httpx.TransportError as error:
             raise self._unreachable(url, error) from error
         if response.status_code != 200:
-            error = self._status_error(response, repo, revision)
-            raise error if isinstance(error, PullError) else PullError(f"{error}; try again later")
+            failure = self._status_error(response, repo, revision)
+            raise failure if isinstance(failure, PullError) else PullError(f"{failure}; try again later")
         try:
             info = response.json()
             commit = info["sha"]
@@ -300,7 +301,8 @@ class HubClient:
         for sibling in siblings:
             if not isinstance(sibling, dict) or not isinstance(sibling.get("rfilename"), str):
                 continue
-            lfs = sibling.get("lfs") if isinstance(sibling.get("lfs"), dict) else {}
+            listed_lfs = sibling.get("lfs")
+            lfs = listed_lfs if isinstance(listed_lfs, dict) else {}
             sha256 = lfs.get("sha256") if isinstance(lfs.get("sha256"), str) else None
             size = lfs.get("size", sibling.get("size"))
             blob = sibling.get("blobId") if not lfs and isinstance(sibling.get("blobId"), str) else None
@@ -722,7 +724,12 @@ def _check_relative(name: str) -> None:
         raise PullError(f"the hub listed an unsafe file name {name!r}; refusing to write it")
 
 
-def _hash_file(path: Path, digest: Any) -> str:
+class _Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+def _hash_file(path: Path, digest: _Digest) -> str:
     with open(path, "rb") as source:
         while chunk := source.read(CHUNK):
             digest.update(chunk)
