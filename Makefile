@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install serve test bench system-deps clean
+.PHONY: install serve check test bench system-deps clean
 
 $(STAMP): pyproject.toml Makefile
 	@# llama-cpp-python (the embedded LLM) compiles llama.cpp: it needs a C++ compiler and cmake.
@@ -27,7 +27,12 @@ system-deps:
 serve: install
 	$(BIN)/aistack serve
 
-test: install system-deps
+# Lint, then types (configured in pyproject.toml): seconds, so they run before any test.
+check: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: install system-deps check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install system-deps
