@@ -137,7 +137,7 @@ def print_models(snapshot: Snapshot, weights: list[tuple[str, ...]] | None = Non
 def weights_rows(resolver: WeightResolver) -> list[tuple[str, ...]]:
     """Each model `aistack pull` knows: pulled or not, where its weights resolve now, where it comes from."""
     from .weights.catalog import WHISPER_BY_ID, hub_files
-    from .weights.hub import is_pulled, pullable_models
+    from .weights.pull import is_pulled, pullable_models
 
     rows: list[tuple[str, ...]] = []
     for model_id in pullable_models():
@@ -151,7 +151,8 @@ def weights_rows(resolver: WeightResolver) -> list[tuple[str, ...]]:
 
 
 def pull(settings: Settings, model: str, revision: str | None, force: bool) -> int:
-    from .weights.hub import ModelPuller, PullError, describe_files, describe_size
+    from .weights.pull import ModelPuller, describe_files, describe_size
+    from .weights.pull_errors import PullError
 
     puller = ModelPuller.from_settings(settings)
     try:

@@ -13,19 +13,15 @@ import pytest
 
 from aistack.engines.whisper import REQUIRED_FILES
 from aistack.weights.catalog import WHISPER_BY_ID, hub_files
-from aistack.weights.hub import (
-    MARKER,
+from aistack.weights.pull import MARKER, ModelPuller, is_pulled, no_progress, pullable_models
+from aistack.weights.pull_errors import (
     DiskError,
     HubAccessDenied,
     HubNotFound,
     HubUnreachable,
-    ModelPuller,
     TransferInterrupted,
     UnknownModel,
     VerificationFailed,
-    is_pulled,
-    no_progress,
-    pullable_models,
 )
 from aistack.weights.resolver import WeightResolver, package_dir
 from conftest import refused_url
