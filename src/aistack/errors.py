@@ -33,6 +33,23 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.TIMEOUT: 504,
 }
 
+# What a status that came without a kind means (a framework's HTTP exception, an upstream's answer):
+# the kind answered with it; any other 4xx is the request's fault, any other 5xx the server's.
+KIND_BY_STATUS: dict[int, ErrorKind] = {
+    401: ErrorKind.UNAUTHORIZED,
+    404: ErrorKind.NOT_FOUND,
+    413: ErrorKind.OVERFLOW,
+    429: ErrorKind.BUSY,
+    499: ErrorKind.CANCELLED,
+    503: ErrorKind.NETWORK,
+    504: ErrorKind.TIMEOUT,
+}
+
+
+def kind_for_status(status: int) -> ErrorKind:
+    return KIND_BY_STATUS.get(status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
+
+
 # The OpenAI `type` an SDK client keys on.
 OPENAI_TYPE_BY_KIND: dict[ErrorKind, str] = {
     ErrorKind.MALFORMED: "invalid_request_error",

@@ -16,6 +16,7 @@ from ..languages import normalize_language
 from ..runtime import Runtime
 from .deps import RuntimeDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end
+from .streaming import stream_headers
 
 router = APIRouter(tags=["audio"])
 
@@ -92,7 +93,7 @@ async def _serve(
         return StreamingResponse(
             cancellable_body(request, events),
             media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=stream_headers(headers),
         )
     transcript = await until_disconnected(request, service.transcribe(job, audio, options))
     body = render(transcript, response_format, granularities)

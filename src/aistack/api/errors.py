@@ -11,19 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..errors import AistackError, ClientGone, ErrorKind, error_envelope
+from ..errors import AistackError, ClientGone, ErrorKind, error_envelope, kind_for_status
 
 log = logging.getLogger("aistack.errors")
-
-_KIND_BY_STATUS = {
-    401: ErrorKind.UNAUTHORIZED,
-    404: ErrorKind.NOT_FOUND,
-    413: ErrorKind.OVERFLOW,
-    499: ErrorKind.CANCELLED,
-    503: ErrorKind.NETWORK,
-    504: ErrorKind.TIMEOUT,
-}
-
 
 def too_large_message(limit_bytes: int) -> str:
     return (
@@ -96,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         status = error.status_code
-        kind = _KIND_BY_STATUS.get(status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
+        kind = kind_for_status(status)
         message = str(error.detail)
         if status == 404 and error.detail == "Not Found":
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see GET /v1/models)"

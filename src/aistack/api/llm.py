@@ -7,6 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from .deps import RuntimeDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, at_request_end
+from .streaming import stream_headers
 
 router = APIRouter(tags=["llm"])
 
@@ -17,8 +18,7 @@ async def _relay(endpoint: str, request: Request, runtime: RuntimeDep) -> Stream
     at_request_end(request.scope, answer.aclose)
     headers = {**answer.headers, MODEL_HEADER: answer.card.id}
     if answer.is_event_stream:
-        headers.setdefault("cache-control", "no-cache")
-        headers["x-accel-buffering"] = "no"
+        headers = stream_headers(headers)
     # The upstream's content type as it sent it (a media_type here would gain a charset).
     return StreamingResponse(cancellable_body(request, answer.body), status_code=answer.status_code, headers=headers)
 

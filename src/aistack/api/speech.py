@@ -15,13 +15,12 @@ from ..scheduler import Lease
 from ..services.speech import Primed, SpeechPlan, SpeechService, audio_events, audio_stream, whole_audio
 from .deps import RuntimeDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end
+from .streaming import stream_headers
 
 router = APIRouter(tags=["audio"])
 
 # Qwen3-TTS's own request fields, passed through untouched to the engine that understands them.
 EXTENSION_FIELDS = ("task_type", "language", "ref_audio", "ref_text", "max_new_tokens")
-# Proxies that buffer responses would undo the streaming.
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class VoiceReference(BaseModel):
@@ -99,10 +98,10 @@ async def create_speech(body: SpeechRequest, request: Request, runtime: RuntimeD
     if body.stream_format == "sse":
         events = audio_events(chunks, encoder, len(body.input))
         return StreamingResponse(cancellable_body(request, events), media_type="text/event-stream",
-                                 headers={**headers, **_STREAM_HEADERS})
+                                 headers=stream_headers(headers))
     # OpenAI's default stream_format is "audio": the file goes out as it is made.
     return StreamingResponse(cancellable_body(request, audio_stream(chunks, encoder)), media_type=media_type,
-                             headers={**headers, **_STREAM_HEADERS})
+                             headers=stream_headers(headers))
 
 
 @router.get("/v1/audio/voices")

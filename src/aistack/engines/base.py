@@ -214,6 +214,11 @@ class ChatUpstream(Protocol):
         """The command that makes `model_id` available here (`ollama pull NAME`), if there is one."""
         ...
 
+    def canonical_ids(self, model: str) -> tuple[str, ...]:
+        """Other ids this server would list a requested `model` under (Ollama: `NAME:latest` for `NAME`),
+        tried when no model has the id itself."""
+        ...
+
 
 ResidencyState = Literal["loading", "loaded", "unloading", "unloaded"]
 

@@ -23,6 +23,7 @@ import httpx
 from ..errors import AistackError, ErrorKind
 from ..settings import OllamaSettings
 from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Residency, Unavailable
+from .http_upstream import ProbeClient, bearer_headers, one_off_client, transport_error, upstream_status_kind
 from .upstream_errors import upstream_message
 
 log = logging.getLogger("aistack.engines.ollama")
@@ -50,14 +51,13 @@ class OllamaBackend:
         self._base_url = settings.base_url.rstrip("/")
         self._probe_timeout_s = probe_timeout_s
         self._capabilities: dict[tuple[str, str], tuple[Capability, ...]] = {}
-        self._client: httpx.Client | None = None
+        self._probe_client = ProbeClient(PROBE_BUDGET_SHARE * probe_timeout_s)
 
     def root_url(self) -> str | None:
         return f"{self._base_url}/v1"
 
     def auth_headers(self) -> dict[str, str]:
-        key = self._settings.api_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        return bearer_headers(self._settings.api_key)
 
     def unreachable(self, detail: str) -> Unavailable:
         return Unavailable(PROVIDER, f"Ollama is not reachable at {self._base_url} ({detail})", START_FIX)
@@ -65,12 +65,16 @@ class OllamaBackend:
     def missing_model_fix(self, model_id: str) -> str | None:
         return f"ollama pull {model_id}"
 
+    def canonical_ids(self, model: str) -> tuple[str, ...]:
+        # An untagged name means `:latest`, as `ollama run NAME` does.
+        return () if ":" in model.rpartition("/")[2] else (f"{model}:latest",)
+
     def probe(self) -> BackendStatus:
         if not self._settings.enabled:
             fix = f"set {ENABLE_SETTING}=true, then {START_FIX}"
             return BackendStatus(PROVIDER, "llm", unavailable=(Unavailable(PROVIDER, "Ollama is disabled in the settings", fix),))
         deadline = time.monotonic() + PROBE_BUDGET_SHARE * self._probe_timeout_s
-        client = self._sync_client()
+        client = self._probe_client.get()
         try:
             version = client.get(f"{self._base_url}/api/version", headers=self.auth_headers())
             if version.status_code != 200:
@@ -123,12 +127,6 @@ class OllamaBackend:
         self._capabilities[(name, digest)] = capabilities
         return capabilities
 
-    def _sync_client(self) -> httpx.Client:
-        # One client for every probe: building one costs more than the probe itself.
-        if self._client is None:
-            self._client = httpx.Client(timeout=PROBE_BUDGET_SHARE * self._probe_timeout_s, trust_env=False)
-        return self._client
-
     # -- what it holds in memory (ResidencyControl) -------------------------------------------
 
     async def resident(self) -> dict[str, Residency]:
@@ -173,27 +171,26 @@ class OllamaBackend:
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._probe_timeout_s))
         try:
             # Admin calls are rare: a client each keeps no connection tied to an event loop.
-            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            async with one_off_client(timeout) as client:
                 response = await client.request(method, url, json=body, headers=self.auth_headers())
-        except httpx.ConnectError:
-            raise AistackError(ErrorKind.NETWORK, f"{self.unreachable('nothing answers there').reason}; {START_FIX}",
-                               provider=PROVIDER) from None
-        except httpx.TimeoutException:
-            raise AistackError(ErrorKind.TIMEOUT, f"Ollama at {self._base_url} did not {what} within {timeout_s:g} s",
-                               provider=PROVIDER) from None
         except httpx.HTTPError as error:
-            raise AistackError(ErrorKind.NETWORK, f"Ollama at {self._base_url} could not {what}: "
-                               f"{error or type(error).__name__}; {START_FIX}", provider=PROVIDER) from None
-        if response.status_code >= 400:
-            message, _param = upstream_message(response.content, response.status_code)
+            raise transport_error(
+                error, PROVIDER,
+                unreachable=lambda _: f"{self.unreachable('nothing answers there').reason}; {START_FIX}",
+                timed_out=f"Ollama at {self._base_url} did not {what} within {timeout_s:g} s",
+                dropped=lambda detail: f"Ollama at {self._base_url} could not {what}: {detail}; {START_FIX}",
+                dropped_kind=ErrorKind.NETWORK,
+            ) from None
+        status = response.status_code
+        if status >= 400:
+            message, _param = upstream_message(response.content, status)
             model = (body or {}).get("model")
-            if response.status_code == 404 and model:
+            if status == 404 and model:
                 raise AistackError(ErrorKind.NOT_FOUND, f"Ollama could not {what}: {message}; to fix it: "
                                    f"{self.missing_model_fix(model)}", provider=PROVIDER, param="model")
-            kind = ErrorKind.MALFORMED if response.status_code < 500 else ErrorKind.UNKNOWN
-            if response.status_code == 503:
-                kind = ErrorKind.BUSY
-            raise AistackError(kind, f"Ollama could not {what} ({response.status_code}: {message})", provider=PROVIDER)
+            # Ollama's native API answers 503 when its queue of requests is full.
+            kind = ErrorKind.BUSY if status == 503 else upstream_status_kind(status)
+            raise AistackError(kind, f"Ollama could not {what} ({status}: {message})", provider=PROVIDER)
         try:
             return response.json()
         except ValueError:

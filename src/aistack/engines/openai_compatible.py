@@ -15,6 +15,7 @@ import httpx
 
 from ..errors import AistackError, ErrorKind
 from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Residency, Unavailable
+from .http_upstream import ProbeClient, bearer_headers, describe
 
 log = logging.getLogger("aistack.engines.openai_compatible")
 
@@ -40,10 +41,9 @@ class OpenAICompatibleBackend:
         self.provider = provider
         self._root_url = root_url
         self._api_key = api_key
-        self._probe_timeout_s = probe_timeout_s
         self._start_fix = start_fix
         self._not_running = not_running
-        self._client: httpx.Client | None = None
+        self._probe_client = ProbeClient(PROBE_BUDGET_SHARE * probe_timeout_s)
         self._last_seen: tuple[float, BackendStatus] | None = None
 
     @classmethod
@@ -55,7 +55,7 @@ class OpenAICompatibleBackend:
         return self._root_url()
 
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return bearer_headers(self._api_key)
 
     def unreachable(self, detail: str) -> Unavailable:
         return Unavailable(self.provider, f"{self.provider} is not reachable ({detail})", self._start_fix)
@@ -63,13 +63,16 @@ class OpenAICompatibleBackend:
     def missing_model_fix(self, model_id: str) -> str | None:
         return None
 
+    def canonical_ids(self, model: str) -> tuple[str, ...]:
+        return ()
+
     def probe(self) -> BackendStatus:
         root = self.root_url()
         if root is None:
             reason = self._not_running() if self._not_running else f"{self.provider} is not running"
             return BackendStatus(self.provider, "llm", unavailable=(Unavailable(self.provider, reason, self._start_fix),))
         try:
-            response = self._sync_client().get(f"{root}/models", headers=self.auth_headers())
+            response = self._probe_client.get().get(f"{root}/models", headers=self.auth_headers())
         except httpx.TimeoutException as error:
             if self._last_seen is not None and time.monotonic() - self._last_seen[0] < BUSY_GRACE_S:
                 # Some servers (llama-cpp-python) answer /models only between generations: busy, not gone.
@@ -101,12 +104,6 @@ class OpenAICompatibleBackend:
         status = BackendStatus(self.provider, "llm", cards=cards)
         self._last_seen = (time.monotonic(), status)
         return status
-
-    def _sync_client(self) -> httpx.Client:
-        # One client for every probe: building one costs more than the probe itself.
-        if self._client is None:
-            self._client = httpx.Client(timeout=PROBE_BUDGET_SHARE * self._probe_timeout_s, trust_env=False)
-        return self._client
 
 
 class SupervisedServerBackend(OpenAICompatibleBackend):
@@ -145,4 +142,4 @@ def _describe(error: httpx.HTTPError, url: str) -> str:
         return f"nothing answers at {url}"
     if isinstance(error, httpx.TimeoutException):
         return f"{url} did not answer in time"
-    return f"{url}: {error or type(error).__name__}"
+    return f"{url}: {describe(error)}"

@@ -16,7 +16,6 @@ with `"object": "error"`; FastAPI's own: `{"detail": ...}`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -28,6 +27,15 @@ from ..audio.wav_stream import PcmStreamDecoder, WavError
 from ..errors import AistackError, ErrorKind
 from ..settings import Qwen3TtsSettings
 from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+from .http_upstream import (
+    PooledClient,
+    ProbeClient,
+    bearer_headers,
+    describe,
+    request_timeout,
+    transport_error,
+    upstream_status_kind,
+)
 from .upstream_errors import MAX_MESSAGE_CHARS, error_message, upstream_message
 
 log = logging.getLogger("aistack.engines.qwen3_tts")
@@ -74,9 +82,14 @@ class Qwen3TtsBackend:
         self._base_url = settings.base_url.rstrip("/")
         self._voices: tuple[VoiceInfo, ...] = CUSTOM_VOICE_SPEAKERS
         self._first_seen: int | None = None
-        self._client: httpx.AsyncClient | None = None
-        self._sync_client: httpx.Client | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        auth = bearer_headers(settings.api_key)
+        budget = probe_timeout_s * PROBE_BUDGET_SHARE
+        # httpx times each phase on its own, so the phases share the probe budget: connecting and
+        # reading the answer together never take longer than it.
+        self._probe_client = ProbeClient(httpx.Timeout(budget * 0.75, connect=budget * 0.25, pool=budget * 0.25), auth)
+        self._client = PooledClient(
+            request_timeout(settings.connect_timeout_s, settings.read_timeout_s, pool_s=settings.read_timeout_s), auth
+        )
 
     # -- visibility -------------------------------------------------------------------------
 
@@ -103,9 +116,7 @@ class Qwen3TtsBackend:
         deadline = time.monotonic() + budget
         health = f"{self._base_url}/health"
         try:
-            # httpx times each phase on its own, so the phases share the budget: connecting and
-            # reading the answer together never take longer than it.
-            client = self._probe_client(httpx.Timeout(budget * 0.75, connect=budget * 0.25, pool=budget * 0.25))
+            client = self._probe_client.get()
             response = client.get(health)
             if response.status_code != 200:
                 detail = _health_detail(response)
@@ -115,20 +126,14 @@ class Qwen3TtsBackend:
                 )
             self._refresh_voices(client, deadline)
         except httpx.ConnectError as error:
-            return self._down(f"nothing answers at {self._base_url} ({_describe(error)})")
+            return self._down(f"nothing answers at {self._base_url} ({describe(error)})")
         except httpx.TimeoutException:
             return self._down(f"{health} did not answer within {budget:.2g} s (starting up, or hung)")
         except httpx.HTTPError as error:
-            return self._down(f"{health} failed: {_describe(error)}")
+            return self._down(f"{health} failed: {describe(error)}")
         if self._first_seen is None:
             self._first_seen = int(time.time())
         return BackendStatus(PROVIDER, "tts", cards=(self.card(),))
-
-    def _probe_client(self, timeout: httpx.Timeout) -> httpx.Client:
-        # One client for every probe: building one (its TLS context) costs more than the probe itself.
-        if self._sync_client is None:
-            self._sync_client = httpx.Client(timeout=timeout, headers=self._auth_headers(), trust_env=False)
-        return self._sync_client
 
     def _down(self, reason: str) -> BackendStatus:
         return BackendStatus(PROVIDER, "tts", unavailable=(Unavailable(self._settings.model, reason, START_FIX),))
@@ -187,22 +192,16 @@ class Qwen3TtsBackend:
         body = self.request_body(card, text, options)
         requested_rate = body.get("sample_rate")
         raw_rate = requested_rate if isinstance(requested_rate, int) else NATIVE_SAMPLE_RATE
-        client = self._async_client()
+        client = self._client.get()
         request = client.build_request("POST", f"{self._base_url}/v1/audio/speech", json=body)
         try:
             response = await client.send(request, stream=True)
-        except httpx.ConnectError as error:
-            raise self._unreachable(_describe(error)) from None
-        except httpx.ConnectTimeout:
-            raise self._unreachable(f"no connection within {self._settings.connect_timeout_s:g} s") from None
-        except httpx.TimeoutException:
-            raise self._timed_out() from None
-        except httpx.TransportError as error:
-            raise AistackError(
-                ErrorKind.NETWORK,
-                f"qwen3-tts at {self._base_url} closed the connection without answering ({_describe(error)}); "
-                f"it may still be starting. Start or check it: {START_FIX}",
-                provider=PROVIDER,
+        except httpx.HTTPError as error:
+            raise transport_error(
+                error, PROVIDER, unreachable=self._unreachable, timed_out=self._timed_out_message(),
+                dropped=lambda detail: f"qwen3-tts at {self._base_url} closed the connection without answering "
+                                       f"({detail}); it may still be starting. Start or check it: {START_FIX}",
+                dropped_kind=ErrorKind.NETWORK,
             ) from None
         decoder = PcmStreamDecoder(raw_rate)
         try:
@@ -213,13 +212,10 @@ class Qwen3TtsBackend:
                 if chunk is not None:
                     yield chunk
             decoder.finish()
-        except httpx.TimeoutException:
-            raise self._timed_out(decoder.seconds) from None
-        except httpx.TransportError as error:
-            raise AistackError(
-                ErrorKind.UNKNOWN,
-                f"qwen3-tts dropped the connection after {decoder.seconds:.1f} s of audio ({_describe(error)})",
-                provider=PROVIDER,
+        except httpx.HTTPError as error:
+            raise transport_error(
+                error, PROVIDER, unreachable=self._unreachable, timed_out=self._timed_out_message(decoder.seconds),
+                dropped=lambda detail: f"qwen3-tts dropped the connection after {decoder.seconds:.1f} s of audio ({detail})",
             ) from None
         except WavError as error:
             raise AistackError(ErrorKind.UNKNOWN, f"qwen3-tts sent audio that cannot be read: {error}", provider=PROVIDER) from None
@@ -228,48 +224,23 @@ class Qwen3TtsBackend:
         if decoder.samples == 0:
             raise AistackError(ErrorKind.UNKNOWN, "qwen3-tts answered without any audio", provider=PROVIDER)
 
-    def _async_client(self) -> httpx.AsyncClient:
-        """One pooled client per event loop (a client's connections belong to the loop that made them)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            settings = self._settings
-            timeout = httpx.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=settings.read_timeout_s,
-                pool=settings.read_timeout_s,
-            )
-            self._client = httpx.AsyncClient(timeout=timeout, headers=self._auth_headers(), trust_env=False)
-            self._client_loop = loop
-        return self._client
-
     async def aclose(self) -> None:
-        client, self._client, self._client_loop = self._client, None, None
-        if client is not None:
-            await client.aclose()
+        await self._client.aclose()
 
-    def _auth_headers(self) -> dict[str, str]:
-        key = self._settings.api_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
+    def _unreachable(self, error: httpx.HTTPError) -> str:
+        if isinstance(error, httpx.ConnectTimeout):
+            detail = f"no connection within {self._settings.connect_timeout_s:g} s"
+        else:
+            detail = describe(error)
+        return f"qwen3-tts is not reachable at {self._base_url} ({detail}); start it: {START_FIX}"
 
-    def _unreachable(self, detail: str) -> AistackError:
-        return AistackError(
-            ErrorKind.NETWORK,
-            f"qwen3-tts is not reachable at {self._base_url} ({detail}); start it: {START_FIX}",
-            provider=PROVIDER,
-        )
-
-    def _timed_out(self, audio_seconds: float | None = None) -> AistackError:
+    def _timed_out_message(self, audio_seconds: float | None = None) -> str:
         limit = self._settings.read_timeout_s
         if audio_seconds:
             what = f"qwen3-tts sent nothing for {limit:g} s after {audio_seconds:.1f} s of audio"
         else:
             what = f"qwen3-tts did not answer within {limit:g} s"
-        return AistackError(
-            ErrorKind.TIMEOUT,
-            f"{what}; a cold server warms up on its first request, so raise {READ_TIMEOUT_SETTING} if it needs longer",
-            provider=PROVIDER,
-        )
+        return f"{what}; a cold server warms up on its first request, so raise {READ_TIMEOUT_SETTING} if it needs longer"
 
     async def _upstream_error(self, response: httpx.Response) -> AistackError:
         status = response.status_code
@@ -288,26 +259,22 @@ class Qwen3TtsBackend:
                 f"{MODEL_SETTING} to the model it serves, or serve that model",
                 provider=PROVIDER,
             )
+        kind = upstream_status_kind(status)
         if status < 500:
-            return AistackError(ErrorKind.MALFORMED, f"qwen3-tts rejected the request: {message}", provider=PROVIDER, param=param)
+            return AistackError(kind, f"qwen3-tts rejected the request: {message}", provider=PROVIDER, param=param)
         if status == 503:
             # vLLM answers 503 while its engine loads (or after it died): not reachable yet, not a failure of this request.
             return AistackError(
-                ErrorKind.NETWORK,
+                kind,
                 f"qwen3-tts at {self._base_url} cannot serve yet (503: {message}); it is still loading the model, "
                 f"retry shortly, or check it: {START_FIX}",
                 provider=PROVIDER,
             )
-        return AistackError(ErrorKind.UNKNOWN, f"qwen3-tts failed ({status}): {message}", provider=PROVIDER)
+        return AistackError(kind, f"qwen3-tts failed ({status}): {message}", provider=PROVIDER)
 
 
 def _voice_info(name: str) -> VoiceInfo:
     return _KNOWN_SPEAKERS.get(name.lower()) or VoiceInfo(name, name)
-
-
-def _describe(error: Exception) -> str:
-    text = str(error).strip()
-    return text or type(error).__name__
 
 
 def _health_detail(response: httpx.Response) -> str:

@@ -23,7 +23,9 @@ from typing import Any
 
 import httpx
 
+from .. import sse
 from ..engines.base import ChatUpstream, ClosableAsyncIterator, ModelCard
+from ..engines.http_upstream import RELAY_POOL, PooledClient, request_timeout, transport_error, upstream_status_kind
 from ..engines.upstream_errors import UpstreamRefusal, read_refusal
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
@@ -36,7 +38,7 @@ log = logging.getLogger("aistack.llm")
 # (The upstream's own x-request-id would clash with the gateway's; the access log has the gateway's.)
 RELAYED_HEADERS = ("content-type", "cache-control", "openai-processing-ms")
 # How an OpenAI-style event stream says it is complete.
-STREAM_END = b"data: [DONE]"
+STREAM_END = sse.DONE
 # A listing younger than this is not refreshed again for a model it lacks.
 FRESH_ENOUGH_S = 0.25
 ENDPOINT_CAPABILITY = {"chat/completions": "llm", "completions": "llm", "embeddings": "embeddings"}
@@ -72,7 +74,7 @@ class LlmProxy:
         self._inventory = inventory
         self._upstreams = upstreams
         self._gate = gate
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, PooledClient] = {}
 
     async def relay(self, endpoint: str, body: bytes) -> UpstreamAnswer:
         """Send `body` to `POST /v1/{endpoint}` of the model's upstream; its answer once its headers are in."""
@@ -112,13 +114,13 @@ class LlmProxy:
 
     async def _resolve(self, model: str, capability: str) -> ModelCard:
         snapshot = await self._inventory.snapshot(allow_stale=True)
-        card = _find(snapshot, model)
+        card = self._find(snapshot, model)
         if card is None and time.monotonic() - snapshot.taken_at > FRESH_ENOUGH_S:
             # Not in a listing that may be a moment old: look again before saying no (a model just
             # pulled, an upstream that just came up).
             self._inventory.invalidate()
             snapshot = await self._inventory.snapshot()
-            card = _find(snapshot, model)
+            card = self._find(snapshot, model)
         if card is not None and card.provider in self._upstreams:
             if capability == "llm" and "llm" not in card.capabilities:
                 raise malformed(f"model '{model}' makes embeddings only ({card.provider} says so): send it to "
@@ -129,6 +131,20 @@ class LlmProxy:
             raise malformed(f"model '{model}' is not an LLM ({', '.join(card.capabilities)}); pick one from GET /v1/models",
                             param="model")
         raise self._unknown(model, capability, snapshot)
+
+    def _find(self, snapshot: Snapshot, model: str) -> ModelCard | None:
+        for candidate in self._canonical_ids(model):
+            card = snapshot.card(candidate)
+            if card is not None:
+                return card
+        return None
+
+    def _canonical_ids(self, model: str) -> list[str]:
+        """`model`, then the other ids the upstreams would list it under (their `canonical_ids`)."""
+        ids = [model]
+        for upstream in self._upstreams.values():
+            ids.extend(alias for alias in upstream.canonical_ids(model) if alias not in ids)
+        return ids
 
     def _models_that(self, capability: str, snapshot: Snapshot) -> str:
         return ", ".join(c.id for c in snapshot.cards if c.provider in self._upstreams and capability in c.capabilities)
@@ -150,9 +166,10 @@ class LlmProxy:
     def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
         llm_cards = [c for c in snapshot.cards if c.provider in self._upstreams]
         statuses = [s for s in snapshot.statuses if s.provider in self._upstreams]
+        names = self._canonical_ids(model)
         for status in statuses:  # a server that served this model is down now: say so, and how to start it
             for missing in status.unavailable:
-                if missing.subject in (model, f"{model}:latest"):
+                if missing.subject in names:
                     return AistackError(ErrorKind.NETWORK, f"model '{model}' cannot be served now: {missing.reason}; "
                                         f"{missing.fix}", provider=status.provider)
         reachable = [s.provider for s in statuses if not s.unavailable]
@@ -215,7 +232,7 @@ class LlmProxy:
             log.warning("%s failed mid-answer: %s", upstream.provider, failure.message)
             if not is_event_stream:
                 raise failure from None  # nothing else can tell a client reading a plain body
-            yield sse_error(failure)
+            yield sse.data_event(failure.envelope())
             return
         finally:
             await held.aclose()
@@ -224,37 +241,30 @@ class LlmProxy:
             failure = AistackError(ErrorKind.UNKNOWN, f"{upstream.provider} ended its stream without finishing it "
                                    "(no [DONE]); the answer is incomplete", provider=upstream.provider)
             log.warning("%s", failure.message)
-            yield sse_error(failure)
+            yield sse.data_event(failure.envelope())
 
     def _client(self, provider: str) -> httpx.AsyncClient:
-        client = self._clients.get(provider)
-        if client is None or client.is_closed:
+        pooled = self._clients.get(provider)
+        if pooled is None:
             settings = self._settings
-            timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=settings.read_timeout_s,
-                                    write=settings.read_timeout_s, pool=settings.connect_timeout_s)
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=60)
-            client = self._clients[provider] = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
-        return client
+            timeout = request_timeout(settings.connect_timeout_s, settings.read_timeout_s)
+            pooled = self._clients[provider] = PooledClient(timeout, limits=RELAY_POOL)
+        return pooled.get()
 
     def _transport_error(self, upstream: ChatUpstream, error: httpx.HTTPError, mid_stream: bool = False) -> AistackError:
-        provider = upstream.provider
-        if isinstance(error, httpx.PoolTimeout):
-            return AistackError(ErrorKind.BUSY, f"every connection to {provider} is in use; try again shortly",
-                                provider=provider, headers={"Retry-After": "1"})
-        if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
-            missing = upstream.unreachable(str(error) or type(error).__name__)
-            return AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=provider)
-        if isinstance(error, httpx.TimeoutException):
-            limit = self._settings.read_timeout_s
-            what = "stopped sending" if mid_stream else "did not answer"
-            return AistackError(
-                ErrorKind.TIMEOUT,
-                f"{provider} {what} for {limit:g} s; raise AISTACK_LLM__READ_TIMEOUT_S if generations need longer",
-                provider=provider,
-            )
+        def unreachable(failure: httpx.HTTPError) -> str:
+            missing = upstream.unreachable(str(failure) or type(failure).__name__)
+            return f"{missing.reason}; {missing.fix}"
+
+        what = "stopped sending" if mid_stream else "did not answer"
         where = "in the middle of its answer" if mid_stream else "before answering"
-        return AistackError(ErrorKind.UNKNOWN, f"{provider} dropped the connection {where} ({error or type(error).__name__})",
-                            provider=provider)
+        provider = upstream.provider
+        return transport_error(
+            error, provider, unreachable=unreachable,
+            timed_out=f"{provider} {what} for {self._settings.read_timeout_s:g} s; raise AISTACK_LLM__READ_TIMEOUT_S "
+                      "if generations need longer",
+            dropped=lambda detail: f"{provider} dropped the connection {where} ({detail})",
+        )
 
     async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard,
                               response: httpx.Response) -> UpstreamRefused:
@@ -274,9 +284,7 @@ class LlmProxy:
         if refusal.invalid_request:
             # A validation answer, even one sent as 500 (llama-cpp-python): the request is at fault.
             return malformed(f"{provider} rejected the request: {message}", param=refusal.param, provider=provider)
-        kind = {400: ErrorKind.MALFORMED, 401: ErrorKind.UNKNOWN, 403: ErrorKind.UNKNOWN, 413: ErrorKind.OVERFLOW,
-                422: ErrorKind.MALFORMED, 429: ErrorKind.BUSY, 503: ErrorKind.NETWORK, 504: ErrorKind.TIMEOUT}.get(
-            status, ErrorKind.MALFORMED if status < 500 else ErrorKind.UNKNOWN)
+        kind = upstream_status_kind(status)
         headers = {"Retry-After": retry_after} if kind is ErrorKind.BUSY else None
         if status in (401, 403):
             message = f"{message} (the gateway's credentials for it were refused; check its api_key setting)"
@@ -293,19 +301,6 @@ class UpstreamRefused(Exception):
         self.status = status
         self.refusal = refusal
         self.error = error
-
-
-def sse_error(error: AistackError) -> bytes:
-    """One server-sent event carrying the envelope; OpenAI SDKs raise it as an APIError."""
-    return f"data: {json.dumps(error.envelope())}\n\n".encode()
-
-
-def _find(snapshot: Snapshot, model: str) -> ModelCard | None:
-    card = snapshot.card(model)
-    if card is None and ":" not in model.rpartition("/")[2]:
-        # Ollama's untagged names mean `:latest`, as `ollama run NAME` does.
-        card = snapshot.card(f"{model}:latest")
-    return card
 
 
 def _parse(body: bytes) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from .. import sse
 from ..audio.encode import SpeechEncoder, encode_speech
 from ..engines.base import (
     Backend,
@@ -36,7 +37,6 @@ from ..scheduler import Lease, Scheduler
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import TtsSettings
 from .claims import claim
-from .transcription import sse_event
 
 log = logging.getLogger("aistack.speech")
 
@@ -274,12 +274,12 @@ async def audio_events(chunks: ClosableAsyncIterator[PcmChunk], encoder: SpeechE
     try:
         async with aclosing(audio_stream(chunks, encoder)) as encoded:
             async for data in encoded:
-                yield sse_event("speech.audio.delta", {"audio": base64.b64encode(data).decode("ascii")})
+                yield sse.named_event("speech.audio.delta", {"audio": base64.b64encode(data).decode("ascii")})
     except AistackError as error:
-        yield sse_event("error", error.envelope())
+        yield sse.named_event("error", error.envelope())
         return
     usage = {"input_characters": characters, "output_audio_seconds": round(encoder.output_seconds, 3)}
-    yield sse_event("speech.audio.done", {"usage": usage})
+    yield sse.named_event("speech.audio.done", {"usage": usage})
 
 
 class Primed:

@@ -7,7 +7,6 @@ as a whole transcript or as SSE events.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import sse
 from ..audio.formats import Transcript, join_text, usage
 from ..engines.base import (
     Backend,
@@ -136,7 +136,7 @@ class TranscriptionService:
         duration = 0.0
         card = job.transcriber.card
         if not card.supports_streaming:
-            yield sse_event("warning", {
+            yield sse.named_event("warning", {
                 "code": "streaming_not_supported",
                 "message": f"{card.id} does not decode incrementally; its segments follow as they are ready",
             })
@@ -147,20 +147,15 @@ class TranscriptionService:
                         duration = item.duration
                         continue
                     pieces.append(item.text)
-                    yield sse_event("transcript.text.delta", {"delta": item.text})
-                    yield sse_event(
+                    yield sse.named_event("transcript.text.delta", {"delta": item.text})
+                    yield sse.named_event(
                         "transcript.text.segment",
                         {"id": item.id, "start": round(item.start, 3), "end": round(item.end, 3), "text": item.text.strip()},
                     )
         except AistackError as error:
-            yield sse_event("error", error.envelope())
+            yield sse.named_event("error", error.envelope())
             return
-        yield sse_event("transcript.text.done", {"text": join_text(pieces), "usage": usage(duration)})
-
-
-def sse_event(event_type: str, payload: dict[str, Any]) -> bytes:
-    body = json.dumps({"type": event_type, **payload}, ensure_ascii=False)
-    return f"event: {event_type}\ndata: {body}\n\n".encode()
+        yield sse.named_event("transcript.text.done", {"text": join_text(pieces), "usage": usage(duration)})
 
 
 def _asr_ids(snapshot: Snapshot) -> str:
