@@ -404,26 +404,17 @@ class HubDouble(LoopbackServer):
         if fault and fault.kind == "corrupt" and body:
             middle = len(body) // 2
             body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:]
-        if fault and fault.kind == "drop":
+        # Bytes are counted before they go out, so a client that has them finds them counted.
+        if fault and fault.kind in ("drop", "hold"):
             cut = min(fault.after, len(body))
+            request.body_bytes = cut
             writer.write(body[:cut])
             await writer.drain()
-            request.body_bytes = cut
-            return False  # the connection closes with the body short of Content-Length
-        if fault and fault.kind == "hold":
-            cut = min(fault.after, len(body))
-            writer.write(body[:cut])
-            await writer.drain()
-            request.body_bytes = cut
+            if fault.kind == "drop":
+                return False  # the connection closes with the body short of Content-Length
             if await self._hold(writer):
                 return False
-            body, request.body_bytes = body[cut:], 0
-            for offset in range(0, len(body), self.chunk_size):
-                writer.write(body[offset:offset + self.chunk_size])
-                await writer.drain()
-                request.body_bytes += len(body[offset:offset + self.chunk_size])
-            request.body_bytes += cut
-            return True
+            body = body[cut:]
         chunk = fault.chunk if fault and fault.kind == "slow" else self.chunk_size
         for offset in range(0, len(body), chunk):
             if fault and fault.kind == "slow" and offset:
@@ -432,9 +423,9 @@ class HubDouble(LoopbackServer):
                     await asyncio.wait_for(self._stopping.wait(), fault.delay)
                 if self._stopping.is_set():
                     return False
+            request.body_bytes += len(body[offset:offset + chunk])
             writer.write(body[offset:offset + chunk])
             await writer.drain()
-            request.body_bytes += len(body[offset:offset + chunk])
         return True
 
     async def _hold(self, writer: asyncio.StreamWriter) -> str | None:
