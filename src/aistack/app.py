@@ -17,6 +17,7 @@ from .api.middleware import (
     RequestCleanupMiddleware,
     UnexpectedErrorMiddleware,
 )
+from .protocol.errors import ERROR_RESPONSES
 from .runtime import Runtime, build_runtime
 from .settings import Settings
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = held
     install_error_handlers(app)
     for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router):
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
     # Added last runs first: the access log (and its X-Request-Id) sees every request, including
     # refused ones; right inside it, the last-resort 500 covers a failure in any other layer; request
     # clean-up runs innermost, once the response is over.

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .engines.base import Backend, ModelCard
+from .engines.base import InProcessBackend, LoadedModel, ModelCard, Synthesizer, Transcriber
 from .memory import MemoryRelease, ProcessMemory
 from .settings import ModelLifecycleSettings
 
@@ -35,7 +35,7 @@ class ResidentModel:
     pinned: bool
     ready: asyncio.Future[None]
     state: State = "loading"
-    model: Any = None
+    model: Transcriber | Synthesizer | None = None
     in_use: int = 0
     loaded_at: float | None = None
     last_used_at: float | None = None  # wall clock, for people
@@ -51,7 +51,7 @@ class ResidentModel:
 
 
 class ModelLifecycle:
-    def __init__(self, backends: Mapping[str, Backend[Any]], settings: ModelLifecycleSettings) -> None:
+    def __init__(self, backends: Mapping[str, InProcessBackend], settings: ModelLifecycleSettings) -> None:
         self._backends = backends
         self._settings = settings
         self._entries: dict[str, ResidentModel] = {}
@@ -61,7 +61,7 @@ class ModelLifecycle:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def checkout(self, card: ModelCard) -> Any:
+    async def checkout(self, card: ModelCard) -> Transcriber | Synthesizer:
         """The loaded model, loading it first if need be; pair with `checkin` once the engine stopped."""
         while True:
             entry = self._entries.get(card.id)
@@ -74,6 +74,7 @@ class ModelLifecycle:
                 assert entry.unloading is not None
                 await asyncio.shield(entry.unloading)  # then load it afresh
                 continue
+            assert entry.model is not None, "a loaded model that is not leaving is held"
             entry.in_use += 1
             entry.last_used_at = time.time()
             return entry.model
@@ -196,7 +197,7 @@ class ModelLifecycle:
         self._spawn(self._load(entry, backend))
         return entry
 
-    async def _load(self, entry: ResidentModel, backend: Backend[Any]) -> None:
+    async def _load(self, entry: ResidentModel, backend: InProcessBackend) -> None:
         try:
             await self._make_room_for(entry)
             started = time.perf_counter()
@@ -263,11 +264,12 @@ class ModelLifecycle:
     def _begin_unload(self, entry: ResidentModel) -> None:
         entry.state = "unloading"
         # Handed over in a list the releasing thread empties, so no frame here keeps the model alive.
-        holder = [entry.model]
+        assert entry.model is not None, "only a loaded model is unloaded"
+        holder: list[LoadedModel] = [entry.model]
         entry.model = None
         self._spawn(self._unload(entry, holder))
 
-    async def _unload(self, entry: ResidentModel, holder: list[Any]) -> None:
+    async def _unload(self, entry: ResidentModel, holder: list[LoadedModel]) -> None:
         backend = self._backends[entry.card.provider]
         # Engine libraries' code is paged out only when no other model may be running it.
         last = all(e is entry for e in self._entries.values())
@@ -289,7 +291,7 @@ class ModelLifecycle:
         task.add_done_callback(self._tasks.discard)
 
 
-def _release(backend: Backend[Any], holder: list[Any], memory: ProcessMemory, page_out_libraries: bool) -> MemoryRelease:
+def _release(backend: InProcessBackend, holder: list[LoadedModel], memory: ProcessMemory, page_out_libraries: bool) -> MemoryRelease:
     model = holder.pop()
     backend.unload(model)
     del model

@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
-from .engines.base import Backend, ChatUpstream, Residency, ResidencyState, SpeechUpstream
+from .engines.base import ChatUpstream, InProcessBackend, Residency, ResidencyState, SpeechUpstream, TranscriptionBackend
 from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
 from .engines.ollama import OllamaBackend
 from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
@@ -23,6 +22,7 @@ from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
 from .services.llm import LlmProxy
 from .services.model_admin import ModelAdmin
+from .services.models import ModelsService
 from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
 from .settings import Settings
@@ -40,7 +40,7 @@ class Runtime:
     settings: Settings
     resolver: WeightResolver
     whisper: WhisperBackend
-    backends: dict[str, Backend[Any]]
+    backends: dict[str, InProcessBackend]
     inventory: Inventory
     scheduler: Scheduler
     lifecycle: ModelLifecycle
@@ -50,6 +50,7 @@ class Runtime:
     speech: SpeechService
     llm: LlmProxy
     model_admin: ModelAdmin
+    models: ModelsService
     # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
     embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -109,10 +110,11 @@ def build_runtime(settings: Settings) -> Runtime:
     parakeet = SherpaBackend("parakeet", settings.onnx_asr, resolver)
     sensevoice = SherpaBackend("sensevoice", settings.onnx_asr, resolver)
     piper = PiperBackend(settings.tts.piper, resolver)
-    backends: tuple[Backend[Any], ...] = (whisper, parakeet, sensevoice, piper)
+    transcribers: tuple[TranscriptionBackend, ...] = (whisper, parakeet, sensevoice)
+    backends: tuple[InProcessBackend, ...] = (*transcribers, piper)
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
-    by_provider = {b.provider: b for b in backends}
+    by_provider: dict[str, InProcessBackend] = {b.provider: b for b in backends}
     embedded = EmbeddedLlamaServer(settings.llm.embedded, log_dir=settings.cache_dir / "logs") if settings.llm.embedded.gguf else None
     chat = chat_upstreams(settings, embedded)
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
@@ -121,7 +123,7 @@ def build_runtime(settings: Settings) -> Runtime:
     events = EngineEvents()
     transcription = TranscriptionService(
         inventory,
-        by_provider,
+        {b.provider: b for b in transcribers},
         scheduler,
         lifecycle,
         events,
@@ -131,8 +133,9 @@ def build_runtime(settings: Settings) -> Runtime:
     llm = LlmProxy(settings.llm, inventory, chat, gate)
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)
+    models = ModelsService(inventory, lifecycle, scheduler, embedded.describe if embedded is not None else None)
     return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
-                   speech, llm, model_admin, embedded)
+                   speech, llm, model_admin, models, embedded)
 
 
 def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> dict[str, ChatUpstream]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -13,15 +13,19 @@ from ..audio.formats import MEDIA_TYPES, render
 from ..engines.base import ModelCard, TranscribeOptions
 from ..errors import malformed
 from ..languages import normalize_language
-from ..runtime import Runtime
-from .deps import RuntimeDep, cancellable_body, until_disconnected
+from ..protocol.transcription import (
+    TRANSCRIPTION_RESPONSES,
+    GranularityName,
+    ResponseFormatName,
+    Transcription,
+    VerboseTranscription,
+)
+from ..services.transcription import TranscriptionService
+from .deps import TranscriptionDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, SLOT_WAIT_HEADER, at_request_end
 from .streaming import stream_headers
 
 router = APIRouter(tags=["audio"])
-
-ResponseFormatName = Literal["json", "text", "srt", "vtt", "verbose_json"]
-GranularityName = Literal["word", "segment"]
 
 AudioFile = Annotated[UploadFile, File(description="Audio in any format FFmpeg reads.")]
 ModelField = Annotated[str, Form(description="A model id from /v1/models, `auto` or `whisper-1`.")]
@@ -30,11 +34,12 @@ TemperatureField = Annotated[float | None, Form(ge=0.0, le=1.0)]
 FormatField = Annotated[ResponseFormatName, Form()]
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post("/v1/audio/transcriptions", response_model=Transcription | VerboseTranscription,
+             responses=TRANSCRIPTION_RESPONSES)
 async def create_transcription(
     request: Request,
     file: AudioFile,
-    runtime: RuntimeDep,
+    transcription: TranscriptionDep,
     model: ModelField = "auto",
     language: Annotated[str | None, Form(description="ISO 639-1 code of the speech; detected when absent.")] = None,
     prompt: PromptField = None,
@@ -50,29 +55,30 @@ async def create_transcription(
             "timestamp_granularities[] needs response_format=verbose_json; set it or drop the granularities",
             param="timestamp_granularities",
         )
-    card = await runtime.transcription.select(model, hint, "transcribe")
+    card = await transcription.select(model, hint, "transcribe")
     options = TranscribeOptions(hint, "transcribe", prompt, temperature, word_timestamps="word" in granularities)
-    return await _serve(request, runtime, card, file, options, response_format, granularities, stream)
+    return await _serve(request, transcription, card, file, options, response_format, granularities, stream)
 
 
-@router.post("/v1/audio/translations")
+@router.post("/v1/audio/translations", response_model=Transcription | VerboseTranscription,
+             responses=TRANSCRIPTION_RESPONSES)
 async def create_translation(
     request: Request,
     file: AudioFile,
-    runtime: RuntimeDep,
+    transcription: TranscriptionDep,
     model: ModelField = "auto",
     prompt: PromptField = None,
     temperature: TemperatureField = None,
     response_format: FormatField = "json",
 ) -> Response:
-    card = await runtime.transcription.select(model, None, "translate")
+    card = await transcription.select(model, None, "translate")
     options = TranscribeOptions(None, "translate", prompt, temperature)
-    return await _serve(request, runtime, card, file, options, response_format, frozenset(), stream=False)
+    return await _serve(request, transcription, card, file, options, response_format, frozenset(), stream=False)
 
 
 async def _serve(
     request: Request,
-    runtime: Runtime,
+    service: TranscriptionService,
     card: ModelCard,
     file: UploadFile,
     options: TranscribeOptions,
@@ -81,7 +87,6 @@ async def _serve(
     stream: bool,
 ) -> Response:
     audio = await asyncio.to_thread(decode_audio, file.file)
-    service = runtime.transcription
     # The slot and the loaded model come before any byte is sent, so busy or a load failure is a
     # proper error status, even when streaming. Whatever no worker takes over is given back at the end.
     job = await until_disconnected(

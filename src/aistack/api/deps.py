@@ -1,4 +1,4 @@
-"""Request-scoped access to the runtime and to client-disconnect handling."""
+"""Request-scoped access to each router's service, and client-disconnect handling."""
 
 from __future__ import annotations
 
@@ -13,17 +13,49 @@ from fastapi import Depends, Request
 from ..engines.base import ClosableAsyncIterator
 from ..errors import ClientGone
 from ..runtime import Runtime
+from ..services.llm import LlmProxy
+from ..services.model_admin import ModelAdmin
+from ..services.models import ModelsService
+from ..services.speech import SpeechService
+from ..services.transcription import TranscriptionService
 from .middleware import mark_cancelled
 
 T = TypeVar("T")
 
 
-def get_runtime(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime  # Starlette's State holds untyped attributes
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+# Each router gets the one service it calls, never the whole runtime.
+
+
+def get_transcription(request: Request) -> TranscriptionService:
+    return _runtime(request).transcription
+
+
+def get_speech(request: Request) -> SpeechService:
+    return _runtime(request).speech
+
+
+def get_llm(request: Request) -> LlmProxy:
+    return _runtime(request).llm
+
+
+def get_models(request: Request) -> ModelsService:
+    return _runtime(request).models
+
+
+def get_model_admin(request: Request) -> ModelAdmin:
+    return _runtime(request).model_admin
+
+
+TranscriptionDep = Annotated[TranscriptionService, Depends(get_transcription)]
+SpeechDep = Annotated[SpeechService, Depends(get_speech)]
+LlmDep = Annotated[LlmProxy, Depends(get_llm)]
+ModelsDep = Annotated[ModelsService, Depends(get_models)]
+ModelAdminDep = Annotated[ModelAdmin, Depends(get_model_admin)]
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

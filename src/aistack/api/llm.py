@@ -5,16 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .deps import RuntimeDep, cancellable_body, until_disconnected
+from ..protocol.llm import RELAYED_RESPONSES
+from ..services.llm import LlmProxy
+from .deps import LlmDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, at_request_end
 from .streaming import stream_headers
 
-router = APIRouter(tags=["llm"])
+router = APIRouter(tags=["llm"], responses=RELAYED_RESPONSES)
 
 
-async def _relay(endpoint: str, request: Request, runtime: RuntimeDep) -> StreamingResponse:
+async def _relay(endpoint: str, request: Request, llm: LlmProxy) -> StreamingResponse:
     body = await request.body()
-    answer = await until_disconnected(request, runtime.llm.relay(endpoint, body))
+    answer = await until_disconnected(request, llm.relay(endpoint, body))
     at_request_end(request.scope, answer.aclose)
     headers = {**answer.headers, MODEL_HEADER: answer.card.id}
     if answer.is_event_stream:
@@ -23,16 +25,16 @@ async def _relay(endpoint: str, request: Request, runtime: RuntimeDep) -> Stream
     return StreamingResponse(cancellable_body(request, answer.body), status_code=answer.status_code, headers=headers)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request, runtime: RuntimeDep) -> StreamingResponse:
-    return await _relay("chat/completions", request, runtime)
+@router.post("/v1/chat/completions", response_class=StreamingResponse)
+async def chat_completions(request: Request, llm: LlmDep) -> StreamingResponse:
+    return await _relay("chat/completions", request, llm)
 
 
-@router.post("/v1/completions")
-async def completions(request: Request, runtime: RuntimeDep) -> StreamingResponse:
-    return await _relay("completions", request, runtime)
+@router.post("/v1/completions", response_class=StreamingResponse)
+async def completions(request: Request, llm: LlmDep) -> StreamingResponse:
+    return await _relay("completions", request, llm)
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request, runtime: RuntimeDep) -> StreamingResponse:
-    return await _relay("embeddings", request, runtime)
+@router.post("/v1/embeddings", response_class=StreamingResponse)
+async def embeddings(request: Request, llm: LlmDep) -> StreamingResponse:
+    return await _relay("embeddings", request, llm)

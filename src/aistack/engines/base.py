@@ -2,9 +2,11 @@
 
 An engine backend knows which of its models can be served right now (`probe`), on which device
 each runs, and how to load and unload one; when to load and unload is the model lifecycle's
-business, and where jobs run is the scheduler's. A loaded speech-to-text model is a
-`Transcriber`: a blocking call that returns what it detected and a lazy iterator of segments, so
-the caller decides where and how fast decoding runs and can stop it between segments.
+business, and where jobs run is the scheduler's. Each in-process capability has its backend:
+a `TranscriptionBackend` loads a `Transcriber` (a blocking call that returns what it detected and
+a lazy iterator of segments, so the caller decides where and how fast decoding runs and can stop
+it between segments); a `SpeechBackend` loads a `Synthesizer` (one chunk per sentence) and, like
+every text-to-speech engine, tells about its voices (`VoiceCatalog`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ Capability = Literal["asr", "tts", "llm", "embeddings"]
 Task = Literal["transcribe", "translate"]
 
 _Item_co = TypeVar("_Item_co", covariant=True)
-# What a backend's `load` gives and its `unload` takes back: a Transcriber, a Synthesizer.
-_Loaded = TypeVar("_Loaded")
+# What a backend's `load` gives: a Transcriber, a Synthesizer.
+_Loaded_co = TypeVar("_Loaded_co", covariant=True)
 
 
 class ClosableAsyncIterator(Protocol[_Item_co]):
@@ -119,8 +121,19 @@ class TranscriptionInfo:
 
 
 @runtime_checkable
-class Transcriber(Protocol):
+class LoadedModel(Protocol):
+    """What any in-process backend loads: the model it serves, and a way to free what it holds."""
+
     card: ModelCard
+
+    def close(self) -> None:
+        """Blocking: free the model's weights and buffers (its backend's `unload` calls it)."""
+        ...
+
+
+@runtime_checkable
+class Transcriber(LoadedModel, Protocol):
+    """A loaded in-process speech-to-text model."""
 
     def transcribe(
         self, audio: np.ndarray, options: TranscribeOptions
@@ -156,28 +169,32 @@ class PcmChunk:
 
 
 @runtime_checkable
-class Synthesizer(Protocol):
+class Synthesizer(LoadedModel, Protocol):
     """A loaded in-process text-to-speech model (its backend says whether it honours `speed` itself)."""
-
-    card: ModelCard
 
     def synthesize(self, text: str, options: SpeechOptions) -> Iterator[PcmChunk]:
         """Blocking and lazy: one chunk per sentence, each made when pulled, so a stop lands between sentences."""
         ...
 
 
-class SpeechUpstream(Protocol):
-    """A text-to-speech server reached over HTTP; it schedules its own work."""
+class VoiceCatalog(Protocol):
+    """What every text-to-speech engine, in-process or upstream, tells about its voices and pace."""
 
-    provider: str
-    capability: Capability
+    # True when the engine honours `speed` itself; otherwise the encoder time-stretches.
     native_speed: bool
-
-    def probe(self) -> BackendStatus: ...
 
     def voices(self, card: ModelCard) -> list[VoiceInfo]: ...
 
     def default_voice(self, card: ModelCard) -> str: ...
+
+
+class SpeechUpstream(VoiceCatalog, Protocol):
+    """A text-to-speech server reached over HTTP; it schedules its own work."""
+
+    provider: str
+    capability: Capability
+
+    def probe(self) -> BackendStatus: ...
 
     def speak(self, card: ModelCard, text: str, options: SpeechOptions) -> ClosableAsyncIterator[PcmChunk]:
         """Audio as the server sends it; failures raise AistackError (network, timeout, unknown)."""
@@ -266,7 +283,7 @@ class ProbedEngine(Protocol):
         ...
 
 
-class Backend(ProbedEngine, Protocol[_Loaded]):
+class Backend(ProbedEngine, Protocol[_Loaded_co]):
     """An in-process engine; `probe` is cheap here (file checks, no imports of heavy libraries, no loading)."""
 
     def device(self, card: ModelCard) -> str:
@@ -277,10 +294,23 @@ class Backend(ProbedEngine, Protocol[_Loaded]):
         """Approximate bytes the loaded model holds (for the resident budget and /admin/models)."""
         ...
 
-    def load(self, card: ModelCard) -> _Loaded:
+    def load(self, card: ModelCard) -> _Loaded_co:
         """Blocking: load the model's weights."""
         ...
 
-    def unload(self, model: _Loaded) -> None:
-        """Blocking: free what the engine holds outside Python objects (device memory, native buffers)."""
+    def unload(self, model: LoadedModel) -> None:
+        """Blocking: free what the engine holds outside Python objects (device memory, native buffers)
+        for a model this backend loaded."""
         ...
+
+
+class TranscriptionBackend(Backend[Transcriber], Protocol):
+    """An in-process speech-to-text engine (Whisper, the sherpa-onnx models)."""
+
+
+class SpeechBackend(Backend[Synthesizer], VoiceCatalog, Protocol):
+    """An in-process text-to-speech engine (Piper): it loads a synthesizer and tells about its voices."""
+
+
+# What the model lifecycle loads and unloads, whatever the capability.
+InProcessBackend = TranscriptionBackend | SpeechBackend

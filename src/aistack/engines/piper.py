@@ -18,7 +18,7 @@ from typing import Any
 
 from ..settings import PiperSettings
 from ..weights.resolver import WeightResolver, package_dir
-from .base import BackendStatus, Capability, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
+from .base import BackendStatus, Capability, LoadedModel, ModelCard, PcmChunk, SpeechOptions, Unavailable, VoiceInfo
 
 log = logging.getLogger("aistack.engines.piper")
 
@@ -142,7 +142,7 @@ class PiperBackend:
         synthesizer.voice(self.default_voice(card))  # the default voice now; others on first use
         return synthesizer
 
-    def unload(self, model: PiperSynthesizer) -> None:
+    def unload(self, model: LoadedModel) -> None:
         model.close()
 
 

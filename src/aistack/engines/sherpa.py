@@ -22,7 +22,7 @@ import numpy as np
 from ..settings import OnnxAsrSettings
 from ..weights.catalog import ONNX_ASR_MODELS, SILERO_VAD, SILERO_VAD_ID, OnnxAsrSpec
 from ..weights.resolver import WeightResolver, is_complete_folder
-from .base import BackendStatus, Capability, ModelCard, Segment, TranscribeOptions, TranscriptionInfo, Unavailable, Word
+from .base import BackendStatus, Capability, LoadedModel, ModelCard, Segment, TranscribeOptions, TranscriptionInfo, Unavailable, Word
 
 log = logging.getLogger("aistack.engines.sherpa")
 
@@ -237,7 +237,7 @@ class SherpaBackend:
         log.info("loaded %s from %s in %.2f s (%s)", card.id, folder, time.perf_counter() - started, common["provider"])
         return SherpaTranscriber(card, recognizer, vad, self._settings)
 
-    def unload(self, model: SherpaTranscriber) -> None:
+    def unload(self, model: LoadedModel) -> None:
         model.close()
 
     def _threads(self) -> int:

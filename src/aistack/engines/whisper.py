@@ -26,6 +26,7 @@ from ..weights.resolver import ResolvedWeights, WeightResolver
 from .base import (
     BackendStatus,
     Capability,
+    LoadedModel,
     ModelCard,
     Segment,
     TranscribeOptions,
@@ -395,7 +396,7 @@ class WhisperBackend:
         resolved = self.resolve(WHISPER_BY_ID[card.id])
         return 0 if resolved is None else self._resolver.size_bytes(resolved)
 
-    def unload(self, model: LoadedWhisper) -> None:
+    def unload(self, model: LoadedModel) -> None:
         model.close()
         self._loaded -= 1
         if self._loaded == 0 and "faster_whisper.vad" in sys.modules:

@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from ..engines.base import Backend, ModelCard
+from ..engines.base import InProcessBackend, ModelCard, SpeechBackend, Synthesizer, Transcriber, TranscriptionBackend
 from ..errors import AistackError, ErrorKind
 from ..lifecycle import ModelLifecycle
 from ..scheduler import Lease, Scheduler
 
 
+async def claim_transcriber(
+    scheduler: Scheduler,
+    lifecycle: ModelLifecycle,
+    backend: TranscriptionBackend,
+    card: ModelCard,
+    on_lease: Callable[[Lease], None],
+) -> tuple[Lease, Transcriber]:
+    """A slot and the loaded speech-to-text model (see `claim`)."""
+    lease, model = await claim(scheduler, lifecycle, backend, card, "asr", on_lease)
+    if isinstance(model, Transcriber):
+        return lease, model
+    lease.release()
+    raise _not_loaded_as(card, "a model that transcribes")
+
+
+async def claim_synthesizer(
+    scheduler: Scheduler,
+    lifecycle: ModelLifecycle,
+    backend: SpeechBackend,
+    card: ModelCard,
+    on_lease: Callable[[Lease], None],
+) -> tuple[Lease, Synthesizer]:
+    """A slot and the loaded text-to-speech model (see `claim`)."""
+    lease, model = await claim(scheduler, lifecycle, backend, card, "tts", on_lease)
+    if isinstance(model, Synthesizer):
+        return lease, model
+    lease.release()
+    raise _not_loaded_as(card, "a model that synthesizes speech")
+
+
 async def claim(
     scheduler: Scheduler,
     lifecycle: ModelLifecycle,
-    backend: Backend[Any],
+    backend: InProcessBackend,
     card: ModelCard,
     capability: str,
     on_lease: Callable[[Lease], None],
-) -> tuple[Lease, Any]:
+) -> tuple[Lease, Transcriber | Synthesizer]:
     """Wait for a slot (503 busy when there is none soon enough), then for the model to be loaded.
 
     `on_lease` receives the slot as soon as it is granted, so the caller can make sure it is given
@@ -37,3 +66,8 @@ async def claim(
         raise
     lease.on_release(lambda: lifecycle.checkin(card.id))
     return lease, model
+
+
+def _not_loaded_as(card: ModelCard, wanted: str) -> AistackError:
+    # The lifecycle holds every capability's models in one place; a backend that loaded the wrong kind broke its contract.
+    return AistackError(ErrorKind.UNKNOWN, f"{card.provider} loaded {card.id}, but not as {wanted}", provider=card.provider)

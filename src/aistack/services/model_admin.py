@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..engines.base import Backend, ModelCard, Residency, ResidencyControl
@@ -42,11 +42,6 @@ class ModelRow:
     in_use: int | None
     pinned: bool
     expires_in_s: float | None
-    object: str = "model"
-
-    def as_dict(self) -> dict[str, Any]:
-        row = asdict(self)
-        return {"id": row.pop("id"), "object": row.pop("object"), **row}
 
 
 class ModelAdmin:

@@ -16,17 +16,18 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from .. import sse
 from ..audio.encode import SpeechEncoder, encode_speech
 from ..engines.base import (
-    Backend,
     ClosableAsyncIterator,
     ModelCard,
     PcmChunk,
+    SpeechBackend,
     SpeechOptions,
     SpeechUpstream,
+    VoiceCatalog,
     VoiceInfo,
 )
 from ..errors import AistackError, ErrorKind, malformed
@@ -36,30 +37,12 @@ from ..observability.events import EngineEvents
 from ..scheduler import Lease, Scheduler
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import TtsSettings
-from .claims import claim
+from .claims import claim_synthesizer
 
 log = logging.getLogger("aistack.speech")
 
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse")
-
-
-class VoiceCatalog(Protocol):
-    """What every text-to-speech backend, in-process or upstream, tells about its voices and pace."""
-
-    # True when the engine honours `speed` itself; otherwise the encoder time-stretches.
-    native_speed: bool
-
-    def voices(self, card: ModelCard) -> list[VoiceInfo]: ...
-
-    def default_voice(self, card: ModelCard) -> str: ...
-
-
-_Synthesizer = TypeVar("_Synthesizer")
-
-
-class SpeechBackend(Backend[_Synthesizer], VoiceCatalog, Protocol[_Synthesizer]):
-    """An in-process text-to-speech engine: it loads a synthesizer and tells about its voices."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +58,7 @@ class SpeechService:
         self,
         settings: TtsSettings,
         inventory: Inventory,
-        in_process: Mapping[str, SpeechBackend[Any]],
+        in_process: Mapping[str, SpeechBackend],
         upstreams: Mapping[str, SpeechUpstream],
         scheduler: Scheduler,
         lifecycle: ModelLifecycle,
@@ -177,8 +160,8 @@ class SpeechService:
 
     async def _run_in_process(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> AsyncGenerator[PcmChunk, None]:
         card = plan.card
-        lease, synthesizer = await claim(
-            self._scheduler, self._lifecycle, self._in_process[card.provider], card, "tts", on_lease
+        lease, synthesizer = await claim_synthesizer(
+            self._scheduler, self._lifecycle, self._in_process[card.provider], card, on_lease
         )
         events = self._events
 

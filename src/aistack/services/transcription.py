@@ -11,19 +11,18 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from .. import sse
 from ..audio.formats import Transcript, join_text, usage
 from ..engines.base import (
-    Backend,
     ModelCard,
     Segment,
     Task,
     TranscribeOptions,
     Transcriber,
+    TranscriptionBackend,
     TranscriptionInfo,
 )
 from ..errors import AistackError, ErrorKind, malformed
@@ -33,7 +32,7 @@ from ..lifecycle import ModelLifecycle
 from ..observability.events import EngineEvents
 from ..routing import WHISPER_ONLY, route, transcribes, unsupported_language
 from ..scheduler import Lease, Scheduler
-from .claims import claim
+from .claims import claim_transcriber
 
 log = logging.getLogger("aistack.transcription")
 
@@ -52,7 +51,7 @@ class TranscriptionService:
     def __init__(
         self,
         inventory: Inventory,
-        backends: Mapping[str, Backend[Any]],
+        backends: Mapping[str, TranscriptionBackend],
         scheduler: Scheduler,
         lifecycle: ModelLifecycle,
         events: EngineEvents,
@@ -92,7 +91,7 @@ class TranscriptionService:
 
     async def start(self, card: ModelCard, on_lease: Callable[[Lease], None]) -> Job:
         """A slot on the model's device and the loaded model (see `claim`)."""
-        lease, transcriber = await claim(self._scheduler, self._lifecycle, self._backends[card.provider], card, "asr", on_lease)
+        lease, transcriber = await claim_transcriber(self._scheduler, self._lifecycle, self._backends[card.provider], card, on_lease)
         return Job(lease, transcriber)
 
     async def run(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncGenerator[TranscriptionInfo | Segment, None]:
