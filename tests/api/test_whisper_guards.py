@@ -159,6 +159,9 @@ class HeldAfterFirstSegment:
         self.card = hosted.card
         self._client_gone = client_gone
 
+    def close(self) -> None:
+        self.hosted.close()
+
     def transcribe(self, audio, options):
         info, segments = self.hosted.transcribe(audio, options)
         return info, self._held(segments)
@@ -202,6 +205,9 @@ class KillsWorkerAfterFirstSegment:
         self.hosted = hosted
         self.card = hosted.card
         self.killed: list[int] = []
+
+    def close(self) -> None:
+        self.hosted.close()
 
     def transcribe(self, audio, options):
         info, segments = self.hosted.transcribe(audio, options)

@@ -157,7 +157,8 @@ class HostedTranscriber:
             except (OSError, ValueError):
                 pass
         _end(process, self._name)
-        conn.close()
+        with self._lock:  # the reader closes it too when the child goes: one at a time, so the second is a no-op
+            conn.close()
         log.info("%s worker process %d ended (exit code %s)", self._name, process.pid, process.returncode)
 
     def _read(self, conn: Connection, process: Any) -> None:
