@@ -391,7 +391,6 @@ class EmbeddedLlamaServer:
                         await asyncio.sleep(delay)
                         self._next_attempt_at = None
                         delay = min(delay * 2, self.settings.max_restart_delay_s)
-                        self.restarts += 1
                         problem = await asyncio.to_thread(self.problem)
                         if problem is not None:  # the file or the library went away meanwhile
                             self.error = problem
@@ -399,6 +398,9 @@ class EmbeddedLlamaServer:
                             log.error("embedded LLM cannot restart: %s", problem)
                             self._set_state("failed")
                             return
+                        # Together, with no await between: a reader never sees the new count beside the
+                        # last attempt's "failed".
+                        self.restarts += 1
                         self._set_state("restarting")
                     first = False
                     try:
