@@ -5,14 +5,15 @@ gives its slot back when closed."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from aistack.engines.base import PcmChunk
+from aistack.engines.base import PcmChunk, SpeechUpstream
 from aistack.engines.piper import MODEL_ID, PiperBackend
+from aistack.engines.qwen3_tts import Qwen3TtsBackend
 from aistack.errors import AistackError, ErrorKind
 from aistack.inventory import Inventory
 from aistack.lifecycle import ModelLifecycle
@@ -20,20 +21,20 @@ from aistack.observability.events import EngineEvents
 from aistack.scheduler import Lease, Scheduler
 from aistack.scheduler.upstreams import UpstreamGate
 from aistack.services.speech import SpeechService, whole_audio
-from aistack.settings import ModelLifecycleSettings, PiperSettings, SchedulerSettings, TtsSettings
+from aistack.settings import ModelLifecycleSettings, PiperSettings, Qwen3TtsSettings, SchedulerSettings, TtsSettings
 from aistack.weights.resolver import WeightResolver
 
 JOE = "en_US-joe-medium"
 
 
 def run_with_service(tmp_path: Path, body: Callable[[SpeechService, Scheduler], Awaitable[None]],
-                     settings: TtsSettings | None = None) -> None:
+                     settings: TtsSettings | None = None, upstreams: Mapping[str, SpeechUpstream] | None = None) -> None:
     """Build the service over the real Piper backend, run `body` on a fresh loop, then stop everything."""
     tts = settings or TtsSettings(piper=PiperSettings(noise_scale=0, noise_w_scale=0))
     piper = PiperBackend(tts.piper, WeightResolver(tmp_path / "cache", {}))
     scheduler = Scheduler(SchedulerSettings())
     lifecycle = ModelLifecycle({piper.provider: piper}, ModelLifecycleSettings())
-    service = SpeechService(tts, Inventory((piper,), probe_timeout_s=10, ttl_s=60), {piper.provider: piper}, {},
+    service = SpeechService(tts, Inventory((piper,), probe_timeout_s=10, ttl_s=60), {piper.provider: piper}, upstreams or {},
                             scheduler, lifecycle, UpstreamGate(SchedulerSettings(), scheduler, lifecycle), EngineEvents())
 
     async def main() -> None:
@@ -114,7 +115,7 @@ def test_speed_is_a_stretch_unless_the_engine_paces_itself(tmp_path: Path) -> No
     async def stretched(service: SpeechService, _: Scheduler) -> None:
         plan = service.plan(await service.select(None), None, 1.5, "calm", {"extra": 1})
         assert plan.stretch == 1.5 and plan.options.speed == 1.0
-        assert plan.options.instructions == "calm" and plan.options.extra == {"extra": 1}
+        assert plan.options.instructions == "calm" and plan.options.extra == {}  # Piper takes no fields beyond OpenAI's
 
     async def native(service: SpeechService, _: Scheduler) -> None:
         plan = service.plan(await service.select(None), None, 1.5, None, {})
@@ -152,3 +153,16 @@ def test_input_with_nothing_to_say_is_refused_and_its_slot_goes_back(tmp_path: P
         assert scheduler.queue("cpu").busy == 0
 
     run_with_service(tmp_path, body)
+
+
+def test_fields_beyond_openais_reach_only_an_engine_that_takes_them(tmp_path: Path) -> None:
+    qwen3 = Qwen3TtsBackend(Qwen3TtsSettings(base_url="http://127.0.0.1:9"), probe_timeout_s=1)
+    extra = {"task_type": "Base", "ref_text": "The words of the clip.", "not_a_qwen3_field": 1}
+
+    async def body(service: SpeechService, _: Scheduler) -> None:
+        piper_card = await service.select(MODEL_ID)
+        assert service.plan(piper_card, None, 1.0, None, extra).options.extra == {}
+        qwen3_plan = service.plan(qwen3.card(), "vivian", 1.0, None, extra)
+        assert qwen3_plan.options.extra == {"task_type": "Base", "ref_text": "The words of the clip."}
+
+    run_with_service(tmp_path, body, upstreams={qwen3.provider: qwen3})

@@ -182,6 +182,8 @@ class VoiceCatalog(Protocol):
 
     # True when the engine honours `speed` itself; otherwise the encoder time-stretches.
     native_speed: bool
+    # Request fields beyond OpenAI's that the engine takes; they reach it untouched (SpeechOptions.extra).
+    pass_through_fields: frozenset[str]
 
     def voices(self, card: ModelCard) -> list[VoiceInfo]: ...
 

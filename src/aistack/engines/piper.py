@@ -76,6 +76,7 @@ class PiperSynthesizer:
 class PiperBackend:
     provider = PROVIDER
     capability: Capability = "tts"
+    pass_through_fields: frozenset[str] = frozenset()
 
     def __init__(self, settings: PiperSettings, resolver: WeightResolver) -> None:
         self._settings = settings

@@ -73,6 +73,7 @@ class Qwen3TtsBackend:
     capability: Capability = "tts"
     # A streamed request refuses speed != 1.0 on vLLM-Omni, so the gateway time-stretches.
     native_speed = False
+    pass_through_fields = frozenset({"task_type", "language", "ref_audio", "ref_text", "max_new_tokens"})
     # What `speak` asks for; "wav" works as well on releases that stream WAV.
     response_format = "pcm"
 

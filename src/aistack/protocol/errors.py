@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..errors import ErrorKind
+from ..errors import AistackError, ErrorKind
 
 
 class ErrorBody(BaseModel):
@@ -20,6 +20,17 @@ class ErrorBody(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorBody
+
+
+class ErrorEvent(BaseModel):
+    """A failure inside an event stream of aistack's own (transcription, speech): the envelope, named `error`."""
+
+    type: Literal["error"] = "error"
+    error: ErrorBody
+
+    @classmethod
+    def of(cls, error: AistackError) -> ErrorEvent:
+        return cls.model_validate(error.envelope())
 
 
 # For every route: whatever fails answers with the envelope.

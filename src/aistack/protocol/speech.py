@@ -1,5 +1,5 @@
 """POST /v1/audio/speech, GET /v1/audio/voices and GET /v1/audio/models: OpenAI's speech request with
-aistack's `whole_file` and the pass-through fields of engines that take more, the voice and model
+aistack's `whole_file` (other fields are kept for the engines that take them), the voice and model
 lists, and the SSE events of stream_format=sse."""
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ..audio.encode import SPEECH_MEDIA_TYPES
-from .errors import ErrorEnvelope
-
-# Qwen3-TTS's own request fields, passed through untouched to the engine that understands them.
-EXTENSION_FIELDS = ("task_type", "language", "ref_audio", "ref_text", "max_new_tokens")
+from .errors import ErrorEvent
 
 
 class VoiceReference(BaseModel):
@@ -23,7 +20,8 @@ class VoiceReference(BaseModel):
 
 
 class SpeechRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Fields beyond these are kept: an engine may take more (its `pass_through_fields`); the others ignore them.
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(None, description="A TTS model id, or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default.")
     input: str = Field(description="The text to speak.")
@@ -39,19 +37,14 @@ class SpeechRequest(BaseModel):
     whole_file: bool = Field(
         False, description="aistack extension: true answers one whole file with a Content-Length once synthesis has ended."
     )
-    task_type: str | None = None
-    language: str | None = None
-    ref_audio: str | None = None
-    ref_text: str | None = None
-    max_new_tokens: int | None = Field(None, ge=1)
 
     @property
     def voice_name(self) -> str | None:
         return self.voice.id if isinstance(self.voice, VoiceReference) else self.voice
 
     def extension_fields(self) -> dict[str, Any]:
-        """The pass-through fields the request set."""
-        return {name: getattr(self, name) for name in EXTENSION_FIELDS if getattr(self, name) is not None}
+        """The fields the request set beyond OpenAI's and aistack's."""
+        return dict(self.model_extra or {})
 
     # Checked before the union is tried, so that a wrong form gets one message saying what to send.
     @field_validator("voice", mode="before")
@@ -108,7 +101,7 @@ class SpeechAudioDone(BaseModel):
     usage: SpeechUsage
 
 
-SPEECH_STREAM_EVENTS: tuple[type[BaseModel], ...] = (SpeechAudioDelta, SpeechAudioDone, ErrorEnvelope)
+SPEECH_STREAM_EVENTS: tuple[type[BaseModel], ...] = (SpeechAudioDelta, SpeechAudioDone, ErrorEvent)
 
 SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

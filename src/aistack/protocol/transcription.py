@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .errors import ErrorEnvelope
+from .errors import ErrorEvent
 
 ResponseFormatName = Literal["json", "text", "srt", "vtt", "verbose_json"]
 GranularityName = Literal["word", "segment"]
@@ -91,7 +91,7 @@ class StreamWarning(BaseModel):
 
 
 TRANSCRIPT_STREAM_EVENTS: tuple[type[BaseModel], ...] = (
-    StreamWarning, TranscriptTextDelta, TranscriptTextSegment, TranscriptTextDone, ErrorEnvelope,
+    StreamWarning, TranscriptTextDelta, TranscriptTextSegment, TranscriptTextDone, ErrorEvent,
 )
 
 # What the 200 of a transcription can be besides JSON: the text formats, and the event stream.

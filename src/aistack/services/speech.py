@@ -34,6 +34,8 @@ from ..errors import AistackError, ErrorKind, malformed
 from ..inventory import Inventory, Snapshot
 from ..lifecycle import ModelLifecycle
 from ..observability.events import EngineEvents
+from ..protocol.errors import ErrorEvent
+from ..protocol.speech import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
 from ..scheduler import Lease, Scheduler
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import TtsSettings
@@ -130,10 +132,13 @@ class SpeechService:
 
     def plan(self, card: ModelCard, voice: str | None, speed: float, instructions: str | None,
              extra: Mapping[str, Any]) -> SpeechPlan:
-        options = SpeechOptions(self._resolve_voice(card, voice), speed, instructions, dict(extra))
-        if self._native_speed(card):
-            return SpeechPlan(card, options, stretch=1.0)
-        return SpeechPlan(card, SpeechOptions(options.voice, 1.0, instructions, dict(extra)), stretch=speed)
+        """`extra`: the request's fields beyond OpenAI's; those the engine takes go to it, the rest are ignored."""
+        catalog = self._catalog(card)
+        taken = {name: value for name, value in extra.items() if name in catalog.pass_through_fields}
+        voice_id = self._resolve_voice(card, voice)
+        if catalog.native_speed:
+            return SpeechPlan(card, SpeechOptions(voice_id, speed, instructions, taken), stretch=1.0)
+        return SpeechPlan(card, SpeechOptions(voice_id, 1.0, instructions, taken), stretch=speed)
 
     async def start(self, plan: SpeechPlan, text: str, on_lease: Callable[[Lease], None]) -> Primed:
         """The synthesis, already past its first sound; close it (aclose) to stop the engine.
@@ -192,9 +197,6 @@ class SpeechService:
 
     def _catalog(self, card: ModelCard) -> VoiceCatalog:
         return self._upstreams.get(card.provider) or self._in_process[card.provider]
-
-    def _native_speed(self, card: ModelCard) -> bool:
-        return self._catalog(card).native_speed
 
     def _resolve_voice(self, card: ModelCard, voice: str | None) -> str:
         catalog = self._catalog(card)
@@ -257,12 +259,11 @@ async def audio_events(chunks: ClosableAsyncIterator[PcmChunk], encoder: SpeechE
     try:
         async with aclosing(audio_stream(chunks, encoder)) as encoded:
             async for data in encoded:
-                yield sse.named_event("speech.audio.delta", {"audio": base64.b64encode(data).decode("ascii")})
+                yield sse.event(SpeechAudioDelta(audio=base64.b64encode(data).decode("ascii")))
     except AistackError as error:
-        yield sse.named_event("error", error.envelope())
+        yield sse.event(ErrorEvent.of(error))
         return
-    usage = {"input_characters": characters, "output_audio_seconds": round(encoder.output_seconds, 3)}
-    yield sse.named_event("speech.audio.done", {"usage": usage})
+    yield sse.event(SpeechAudioDone(usage=SpeechUsage(input_characters=characters, output_audio_seconds=round(encoder.output_seconds, 3))))
 
 
 class Primed:

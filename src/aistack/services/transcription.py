@@ -30,6 +30,8 @@ from ..inventory import AUTO_ID, Inventory, Snapshot
 from ..languages import KNOWN_ASR_LANGUAGES
 from ..lifecycle import ModelLifecycle
 from ..observability.events import EngineEvents
+from ..protocol.errors import ErrorEvent
+from ..protocol.transcription import DurationUsage, StreamWarning, TranscriptTextDelta, TranscriptTextDone, TranscriptTextSegment
 from ..routing import WHISPER_ONLY, route, transcribes, unsupported_language
 from ..scheduler import Lease, Scheduler
 from .claims import claim_transcriber
@@ -135,10 +137,10 @@ class TranscriptionService:
         duration = 0.0
         card = job.transcriber.card
         if not card.supports_streaming:
-            yield sse.named_event("warning", {
-                "code": "streaming_not_supported",
-                "message": f"{card.id} does not decode incrementally; its segments follow as they are ready",
-            })
+            yield sse.event(StreamWarning(
+                code="streaming_not_supported",
+                message=f"{card.id} does not decode incrementally; its segments follow as they are ready",
+            ))
         try:
             async with aclosing(self.run(job, audio, options)) as items:
                 async for item in items:
@@ -146,15 +148,14 @@ class TranscriptionService:
                         duration = item.duration
                         continue
                     pieces.append(item.text)
-                    yield sse.named_event("transcript.text.delta", {"delta": item.text})
-                    yield sse.named_event(
-                        "transcript.text.segment",
-                        {"id": item.id, "start": round(item.start, 3), "end": round(item.end, 3), "text": item.text.strip()},
-                    )
+                    yield sse.event(TranscriptTextDelta(delta=item.text))
+                    yield sse.event(TranscriptTextSegment(
+                        id=item.id, start=round(item.start, 3), end=round(item.end, 3), text=item.text.strip()
+                    ))
         except AistackError as error:
-            yield sse.named_event("error", error.envelope())
+            yield sse.event(ErrorEvent.of(error))
             return
-        yield sse.named_event("transcript.text.done", {"text": join_text(pieces), "usage": usage(duration)})
+        yield sse.event(TranscriptTextDone(text=join_text(pieces), usage=DurationUsage.model_validate(usage(duration))))
 
 
 def _asr_ids(snapshot: Snapshot) -> str:
