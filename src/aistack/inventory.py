@@ -21,6 +21,8 @@ from .errors import AistackError, network, not_found
 log = logging.getLogger("aistack.inventory")
 
 AUTO_ID = "auto"
+# Who serves `auto`: the gateway itself, which routes each request to a model.
+AUTO_PROVIDER = "aistack"
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Snapshot:
             return None
         return ModelCard(
             id=AUTO_ID,
-            provider="aistack",
+            provider=AUTO_PROVIDER,
             capabilities=("asr",),
             family="auto",
             supports_streaming=all(c.supports_streaming for c in asr),

@@ -5,23 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from .engines.base import ChatUpstream, InProcessBackend, Residency, ResidencyState, SpeechUpstream, TranscriptionBackend
 from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
+from .engines.llama_server import PROVIDER as LLAMA_PROVIDER
 from .engines.ollama import OllamaBackend
 from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
 from .engines.piper import PiperBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
 from .engines.sherpa import SherpaBackend
 from .engines.whisper import WhisperBackend
-from .inventory import Inventory
+from .inventory import AUTO_PROVIDER, Inventory
 from .lifecycle import ModelLifecycle
 from .observability.events import EngineEvents
 from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
 from .services.llm import LlmProxy
-from .services.model_admin import ModelAdmin
 from .services.models import ModelsService
 from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
@@ -49,7 +50,6 @@ class Runtime:
     transcription: TranscriptionService
     speech: SpeechService
     llm: LlmProxy
-    model_admin: ModelAdmin
     models: ModelsService
     # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
     embedded_llm: EmbeddedLlamaServer | None = None
@@ -116,7 +116,7 @@ def build_runtime(settings: Settings) -> Runtime:
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
     by_provider: dict[str, InProcessBackend] = {b.provider: b for b in backends}
     embedded = EmbeddedLlamaServer(settings.llm.embedded, log_dir=settings.cache_dir / "logs") if settings.llm.embedded.gguf else None
-    chat = chat_upstreams(settings, embedded)
+    chat = chat_upstreams(settings, embedded, taken={AUTO_PROVIDER, *by_provider, *upstreams})
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
@@ -132,24 +132,24 @@ def build_runtime(settings: Settings) -> Runtime:
     speech = SpeechService(settings.tts, inventory, {piper.provider: piper}, upstreams, scheduler, lifecycle, gate, events)
     llm = LlmProxy(settings.llm, inventory, chat, gate)
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
-    model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)
-    models = ModelsService(inventory, lifecycle, scheduler, embedded.describe if embedded is not None else None)
+    models = ModelsService(inventory, lifecycle, scheduler, by_provider, servers, settings.models.pinned,
+                           embedded.describe if embedded is not None else None)
     return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
-                   speech, llm, model_admin, models, embedded)
+                   speech, llm, models, embedded)
 
 
-def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> dict[str, ChatUpstream]:
+def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None, taken: Collection[str]) -> dict[str, ChatUpstream]:
     """The LLM servers by provider name, most preferred first (`llm.priority`, then Ollama, the
-    configured upstreams, the embedded server): the inventory gives a shared id to the first."""
-    found: dict[str, ChatUpstream] = {
-        "ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s, load_timeout_s=settings.llm.read_timeout_s)
-    }
-    taken = {"ollama", "aistack", "faster-whisper", "parakeet", "sensevoice", "piper", "qwen3-tts", "llama-cpp"}
+    configured upstreams, the embedded server): the inventory gives a shared id to the first.
+    `taken`: the names of the other engines, which no configured upstream may reuse."""
+    ollama = OllamaBackend(settings.llm.ollama, settings.probe_timeout_s, load_timeout_s=settings.llm.read_timeout_s)
+    found: dict[str, ChatUpstream] = {ollama.provider: ollama}
+    reserved = {*taken, ollama.provider, LLAMA_PROVIDER}
     for upstream in settings.llm.upstreams:
-        if upstream.name in taken:
+        if upstream.name in reserved:
             raise ValueError(f"the LLM upstream name '{upstream.name}' is taken (by another upstream or an engine); "
                              "give each upstream its own name")
-        taken.add(upstream.name)
+        reserved.add(upstream.name)
         found[upstream.name] = OpenAICompatibleBackend.fixed(
             upstream.name, upstream.base_url, upstream.api_key, settings.probe_timeout_s
         )

@@ -14,7 +14,6 @@ from ..engines.base import ClosableAsyncIterator
 from ..errors import ClientGone
 from ..runtime import Runtime
 from ..services.llm import LlmProxy
-from ..services.model_admin import ModelAdmin
 from ..services.models import ModelsService
 from ..services.speech import SpeechService
 from ..services.transcription import TranscriptionService
@@ -47,15 +46,10 @@ def get_models(request: Request) -> ModelsService:
     return _runtime(request).models
 
 
-def get_model_admin(request: Request) -> ModelAdmin:
-    return _runtime(request).model_admin
-
-
 TranscriptionDep = Annotated[TranscriptionService, Depends(get_transcription)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 LlmDep = Annotated[LlmProxy, Depends(get_llm)]
 ModelsDep = Annotated[ModelsService, Depends(get_models)]
-ModelAdminDep = Annotated[ModelAdmin, Depends(get_model_admin)]
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -19,4 +19,4 @@ async def health() -> Health:
 
 @router.api_route("/ready", methods=["GET", "HEAD"], response_model=Ready)
 async def ready(models: ModelsDep) -> Ready:
-    return Ready.model_validate(await models.readiness())
+    return await models.readiness()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..engines.base import Capability
 
@@ -15,16 +15,12 @@ class Health(BaseModel):
 
 
 class UnavailableModel(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     model: str
     reason: str
     fix: str = Field(description="The command or setting that makes it servable.")
 
 
 class EngineReadiness(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     capability: Capability
     state: Literal["ready", "unavailable"]
     visible: list[str] = Field(description="The models it can serve now.")
@@ -34,8 +30,6 @@ class EngineReadiness(BaseModel):
 
 
 class Ready(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     status: Literal["ready", "no_models"]
     version: str
     engines: dict[str, EngineReadiness]

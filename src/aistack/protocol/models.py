@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..engines.base import ModelCard
 from ..inventory import AUTO_ID
-from ..services.model_admin import RowState
+
+# "remote": a server that does not say what it holds in memory (or could not say just now).
+RowState = Literal["loading", "loaded", "unloading", "unloaded", "remote"]
 
 
 class ModelObject(BaseModel):
@@ -42,8 +44,6 @@ class ModelList(BaseModel):
 
 class AdminModel(BaseModel):
     """One model as /admin/models shows it; null where the server that runs it does not say."""
-
-    model_config = ConfigDict(from_attributes=True)
 
     id: str
     object: Literal["model"] = "model"

@@ -1,4 +1,4 @@
-"""Model administration without HTTP: the rows of an in-process model (the real Piper voice) and of an
+"""The models service's residency rows without HTTP: the rows of an in-process model (the real Piper voice) and of an
 upstream that says what it holds (Ollama's loopback double), loads and unloads through the
 lifecycle or the upstream, and the refusals for ids that do not exist or cannot be loaded here."""
 
@@ -17,8 +17,9 @@ from aistack.engines.piper import PiperBackend
 from aistack.errors import AistackError, ErrorKind
 from aistack.inventory import Inventory
 from aistack.lifecycle import ModelLifecycle
-from aistack.services.model_admin import ModelAdmin
-from aistack.settings import ModelLifecycleSettings, OllamaSettings, PiperSettings
+from aistack.scheduler import Scheduler
+from aistack.services.models import ModelsService
+from aistack.settings import ModelLifecycleSettings, OllamaSettings, PiperSettings, SchedulerSettings
 from aistack.weights.resolver import WeightResolver
 from doubles.ollama_server import OllamaDouble
 
@@ -41,27 +42,29 @@ def ollama() -> Iterator[OllamaDouble]:
         yield server
 
 
-def with_admin(tmp_path: Path, ollama: OllamaDouble, body: Callable[[ModelAdmin, ModelLifecycle], Awaitable[None]],
+def with_admin(tmp_path: Path, ollama: OllamaDouble, body: Callable[[ModelsService, ModelLifecycle], Awaitable[None]],
                pinned: tuple[str, ...] = ()) -> None:
     piper = PiperBackend(PiperSettings(), WeightResolver(tmp_path / "cache", {}))
     upstream = OllamaBackend(OllamaSettings(base_url=ollama.url), probe_timeout_s=10, load_timeout_s=30)
     lister = ListsOnly()
     lifecycle = ModelLifecycle({piper.provider: piper}, ModelLifecycleSettings())
     inventory = Inventory((piper, upstream, lister), probe_timeout_s=10, ttl_s=60)
-    admin = ModelAdmin(inventory, lifecycle, {piper.provider: piper},
-                       {upstream.provider: upstream, lister.provider: lister}, pinned)
+    scheduler = Scheduler(SchedulerSettings())
+    admin = ModelsService(inventory, lifecycle, scheduler, {piper.provider: piper},
+                          {upstream.provider: upstream, lister.provider: lister}, pinned)
 
     async def main() -> None:
         try:
             await asyncio.wait_for(body(admin, lifecycle), timeout=60)
         finally:
             await lifecycle.close()
+            scheduler.shutdown()
 
     asyncio.run(main())
 
 
 def test_an_in_process_model_loads_and_unloads_through_the_lifecycle(tmp_path: Path, ollama: OllamaDouble) -> None:
-    async def body(admin: ModelAdmin, lifecycle: ModelLifecycle) -> None:
+    async def body(admin: ModelsService, lifecycle: ModelLifecycle) -> None:
         row = next(r for r in await admin.rows() if r.id == PIPER)
         assert (row.owned_by, row.state, row.resident, row.device, row.in_use, row.pinned) == ("piper", "unloaded", False, "cpu", 0, True)
         assert row.size_bytes is not None and row.size_bytes > 0
@@ -78,7 +81,7 @@ def test_an_in_process_model_loads_and_unloads_through_the_lifecycle(tmp_path: P
 
 
 def test_an_upstream_that_says_what_it_holds_is_loaded_and_unloaded_through_it(tmp_path: Path, ollama: OllamaDouble) -> None:
-    async def body(admin: ModelAdmin, _: ModelLifecycle) -> None:
+    async def body(admin: ModelsService, _: ModelLifecycle) -> None:
         row = next(r for r in await admin.rows() if r.id == CHAT_MODEL)
         assert row.owned_by == "ollama" and row.state == "unloaded"
         assert (await admin.load(CHAT_MODEL)).state == "loaded" and CHAT_MODEL in ollama.running
@@ -89,7 +92,7 @@ def test_an_upstream_that_says_what_it_holds_is_loaded_and_unloaded_through_it(t
 
 
 def test_an_upstream_that_does_not_say_is_remote_and_a_load_names_its_server(tmp_path: Path, ollama: OllamaDouble) -> None:
-    async def body(admin: ModelAdmin, _: ModelLifecycle) -> None:
+    async def body(admin: ModelsService, _: ModelLifecycle) -> None:
         row = next(r for r in await admin.rows() if r.id == "plain-llm")
         assert row.state == "remote" and row.resident is None and row.device is None
         with pytest.raises(AistackError) as error:
@@ -100,7 +103,7 @@ def test_an_upstream_that_does_not_say_is_remote_and_a_load_names_its_server(tmp
 
 
 def test_an_unknown_id_is_not_found_and_names_what_can_be_loaded(tmp_path: Path, ollama: OllamaDouble) -> None:
-    async def body(admin: ModelAdmin, _: ModelLifecycle) -> None:
+    async def body(admin: ModelsService, _: ModelLifecycle) -> None:
         for action in (admin.load, admin.unload):
             with pytest.raises(AistackError) as error:
                 await action("no-such-model")
