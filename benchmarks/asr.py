@@ -50,8 +50,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,12 +88,6 @@ GENERATED_NOTE = ("random weights: these figures show the gateway's overhead onl
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def synthesize_clip(path: Path) -> float:
@@ -191,33 +185,41 @@ class OnnxEngineAlone:
         self.backend.unload(self._transcriber)
 
 
+# The line `aistack serve` logs once it has bound its socket: the URL it serves on.
+ANNOUNCED_URL = re.compile(r"aistack \S+ on (http://\S+) \(OpenAI base URL")
+
+
 class Gateway:
-    """`aistack serve` in a subprocess, on a free loopback port."""
+    """`aistack serve --port 0` in a subprocess: it binds a free loopback port itself and logs its URL."""
 
     def __init__(self, workdir: Path, api_key: str | None, env: dict[str, str] | None = None,
                  log_name: str = "gateway.log", limits: httpx.Limits | None = None) -> None:
-        self.port = free_loopback_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = ""  # known once the gateway has said where it listens (wait_healthy)
         self.log_path = workdir / log_name
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", "0"],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
         )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT_S, headers=headers,
-                                   limits=limits or httpx.Limits())
+        self.client = httpx.Client(timeout=REQUEST_TIMEOUT_S, headers=headers, limits=limits or httpx.Limits())
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the gateway exited with code {self.process.returncode}\n{self.log_tail()}")
+            if not self.base_url:
+                self._log.flush()
+                announced = ANNOUNCED_URL.search(self.log_path.read_text(errors="replace"))
+                if announced is not None:
+                    self.base_url = announced.group(1)
+                    self.client.base_url = httpx.URL(self.base_url)
             try:
-                if self.client.get("/health", timeout=2.0).status_code == 200:
+                if self.base_url and self.client.get("/health", timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

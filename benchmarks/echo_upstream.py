@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import time
 from typing import Any
@@ -206,9 +207,10 @@ def split_text(text: str, chunks: int) -> list[str]:
     return [text] + [""] * (chunks - 1) if text else [""] * chunks
 
 
-async def serve(host: str, port: int, config: Config) -> None:
+async def serve(listener: socket.socket, config: Config) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: EchoProtocol(config), host, port, backlog=1024)
+    server = await loop.create_server(lambda: EchoProtocol(config), sock=listener, backlog=1024)
+    host, port = listener.getsockname()[:2]
     print(f"echo upstream on http://{host}:{port}/v1 (model {config.model}, delay {config.delay_s * 1000:g} ms, "
           f"{config.chunks} chunks)", file=sys.stderr, flush=True)
     async with server:
@@ -218,7 +220,9 @@ async def serve(host: str, port: int, config: Config) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="bind this port on --host")
+    where.add_argument("--fd", type=int, help="serve on a listening socket inherited from the parent (already bound)")
     parser.add_argument("--model", default="echo")
     parser.add_argument("--delay-ms", type=float, default=10.0,
                         help="before a non-streamed answer, before the first chunk and between chunks (default 10)")
@@ -234,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = uvloop.run
     try:
-        runner(serve(args.host, args.port, config))
+        if args.fd is not None:
+            listener = socket.socket(fileno=args.fd)
+        else:
+            listener = socket.create_server((args.host, args.port), backlog=1024)
+        runner(serve(listener, config))
     except KeyboardInterrupt:
         pass
     return 0

@@ -51,6 +51,7 @@ import math
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-import asr  # progress, free ports, tables
+import asr  # progress, the announced-URL pattern, tables
 
 HERE = Path(__file__).resolve().parent
 ECHO_MODEL = "echo"
@@ -168,18 +169,31 @@ class Server:
     """One process started here, its log in the work folder, ready once `ready(client)` says so; stopped by PID."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], workdir: Path, base_url: str,
-                 ready: Callable[[httpx.Client], bool]) -> None:
+                 ready: Callable[[httpx.Client], bool], listener: socket.socket | None = None) -> None:
+        """`base_url` "": the process says where it listens in its log (`aistack serve --port 0`).
+        `listener`: a bound socket handed to the process (its fd stays open in the child only)."""
         self.name = name
         self.base_url = base_url
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
         self._ready = ready
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=workdir)
+                                        env=env, cwd=workdir, pass_fds=(listener.fileno(),) if listener else ())
+        if listener is not None:
+            listener.close()
         self.ps = psutil.Process(self.process.pid)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> float:
         started = time.monotonic()
+        while not self.base_url and time.monotonic() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.process.returncode}\n{self.log_tail()}")
+            self._log.flush()
+            announced = asr.ANNOUNCED_URL.search(self.log_path.read_text(errors="replace"))
+            if announced is not None:
+                self.base_url = announced.group(1)
+            else:
+                time.sleep(0.2)
         with httpx.Client(base_url=self.base_url, timeout=5.0, trust_env=False,
                           headers={"Authorization": f"Bearer {API_KEY}"}) as client:
             while time.monotonic() - started < timeout_s:
@@ -257,11 +271,20 @@ def lists_models(*models: str) -> Callable[[httpx.Client], bool]:
     return ready
 
 
+def bound_loopback_socket() -> socket.socket:
+    """A listening socket on a free loopback port, bound here and handed to the process that serves on it."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    listener.set_inheritable(True)
+    return listener
+
+
 def start_echo(workdir: Path) -> Server:
-    port = asr.free_loopback_port()
-    argv = [sys.executable, str(HERE / "echo_upstream.py"), "--port", str(port), "--model", ECHO_MODEL,
+    listener = bound_loopback_socket()
+    port = listener.getsockname()[1]
+    argv = [sys.executable, str(HERE / "echo_upstream.py"), "--fd", str(listener.fileno()), "--model", ECHO_MODEL,
             "--delay-ms", str(ECHO_DELAY_MS), "--chunks", str(ECHO_CHUNKS)]
-    return Server("echo-upstream", argv, dict(os.environ), workdir, f"http://127.0.0.1:{port}", lists_models(ECHO_MODEL))
+    return Server("echo-upstream", argv, dict(os.environ), workdir, f"http://127.0.0.1:{port}", lists_models(ECHO_MODEL),
+                  listener)
 
 
 def smollm2_gguf() -> Path | None:
@@ -275,16 +298,18 @@ def smollm2_gguf() -> Path | None:
 
 
 def start_llama(workdir: Path, gguf: Path) -> Server:
-    port = asr.free_loopback_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", LLAMA_MODEL,
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--verbose", "False",
+    # llama-cpp-python's own server app, on a socket bound here (the launcher the gateway uses for its embedded one).
+    listener = bound_loopback_socket()
+    port = listener.getsockname()[1]
+    argv = [sys.executable, "-m", "aistack.engines.llama_child", "--fd", str(listener.fileno()),
+            "--model", str(gguf), "--model_alias", LLAMA_MODEL, "--n_ctx", "512", "--verbose", "False",
             # Its default (True) cuts a stream short whenever another request arrives: at c=32 every stream would die.
             "--interrupt_requests", "False"]
-    return Server("llama-server", argv, dict(os.environ), workdir, f"http://127.0.0.1:{port}", lists_models(LLAMA_MODEL))
+    return Server("llama-server", argv, dict(os.environ), workdir, f"http://127.0.0.1:{port}", lists_models(LLAMA_MODEL),
+                  listener)
 
 
 def start_aistack(workdir: Path, upstreams: dict[str, str], models: list[str]) -> Server:
-    port = asr.free_loopback_port()
     tmp = workdir / "tmp"
     tmp.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_")}
@@ -295,12 +320,15 @@ def start_aistack(workdir: Path, upstreams: dict[str, str], models: list[str]) -
         "TMPDIR": str(tmp),
         "HF_HUB_OFFLINE": "1",
     })
-    argv = [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return Server("aistack", argv, env, workdir, f"http://127.0.0.1:{port}", lists_models(*models))
+    argv = [sys.executable, "-m", "aistack", "serve", "--host", "127.0.0.1", "--port", "0"]
+    return Server("aistack", argv, env, workdir, "", lists_models(*models))
 
 
 def start_litellm(workdir: Path, python: Path, echo_base: str, llama_base: str | None, models: list[str]) -> Server:
-    port = asr.free_loopback_port()
+    # LiteLLM's proxy takes a port number only, so this one port is looked up free and bound by it afterwards.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     config = workdir / "litellm.yaml"
     litellm_config(config, echo_base, llama_base)
     argv = [str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),

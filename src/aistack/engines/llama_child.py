@@ -28,16 +28,17 @@ def main(argv: list[str] | None = None) -> None:
     fd, rest = parse_fd(sys.argv[1:] if argv is None else argv)
     import uvicorn
     from llama_cpp.server.app import create_app
-    from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
+    from llama_cpp.server.cli import add_args_from_model
     from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
 
     parser = argparse.ArgumentParser(prog="aistack.engines.llama_child", description="llama.cpp server on an inherited socket")
     add_args_from_model(parser, Settings)
     args = parser.parse_args(rest)  # an unknown flag exits 2, as llama_cpp.server does
-    server_settings = parse_model_from_args(ServerSettings, args)
-    model_settings = [parse_model_from_args(ModelSettings, args)]
-    # llama_cpp annotates parse_model_from_args as returning the class it is given; it returns an instance.
-    app = create_app(server_settings=server_settings, model_settings=model_settings)  # type: ignore[arg-type]
+    # As llama_cpp.server's own parse_model_from_args does (whose annotation says it returns a class).
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    server_settings = ServerSettings(**{k: v for k, v in given.items() if k in ServerSettings.model_fields})
+    model_settings = [ModelSettings(**{k: v for k, v in given.items() if k in ModelSettings.model_fields})]
+    app = create_app(server_settings=server_settings, model_settings=model_settings)
     # socket(fileno=) reads the family from the fd itself (uvicorn's own `fd=` assumes AF_UNIX).
     listening = socket.socket(fileno=fd)
     server = uvicorn.Server(uvicorn.Config(app))
