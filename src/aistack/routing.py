@@ -1,7 +1,9 @@
 """`model=auto` (docs/models.md): pick a speech-to-text model from the request's language hint.
 
 Rules are tried in order; a rule applies when the hint is in its languages (a rule with no
-languages applies to any hint, or none). A rule whose family has no visible model that
+languages applies to any hint, or none). A request may name several possible languages instead
+(`languages[]`): a rule then applies when all of them are among its languages, and a model serves
+when it transcribes all of them. A rule whose family has no visible model that
 transcribes the hint falls through to the next. After the last rule, any visible model that
 transcribes the hint serves; with nothing left the request gets 503 `network`. A hint that no
 engine aistack runs could ever transcribe is the request's fault: 400 `malformed`.
@@ -9,7 +11,7 @@ engine aistack runs could ever transcribe is the request's fault: 400 `malformed
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from .engines.base import ModelCard, Task
@@ -22,8 +24,8 @@ class RoutingRule:
     family: str
     languages: frozenset[str] | None = None
 
-    def applies_to(self, hint: str | None) -> bool:
-        return self.languages is None or (hint is not None and hint in self.languages)
+    def applies_to(self, hints: frozenset[str]) -> bool:
+        return self.languages is None or (bool(hints) and hints <= self.languages)
 
 
 AUTO_RULES: tuple[RoutingRule, ...] = (
@@ -34,8 +36,14 @@ AUTO_RULES: tuple[RoutingRule, ...] = (
 WHISPER_ONLY: tuple[RoutingRule, ...] = (RoutingRule("whisper"),)
 
 
-def transcribes(card: ModelCard, hint: str | None) -> bool:
-    return hint is None or card.languages is None or hint in card.languages
+def transcribes(card: ModelCard, hint: str | None, languages: Collection[str] = ()) -> bool:
+    """Whether `card` hears `hint`, or all of `languages` (no hint and no languages: any speech)."""
+    wanted = _wanted(hint, languages)
+    return card.languages is None or wanted <= set(card.languages)
+
+
+def _wanted(hint: str | None, languages: Collection[str]) -> frozenset[str]:
+    return frozenset([hint]) if hint is not None else frozenset(languages)
 
 
 def eligible(cards: Iterable[ModelCard], task: Task) -> list[ModelCard]:
@@ -58,29 +66,33 @@ def route(
     rules: Sequence[RoutingRule] = AUTO_RULES,
     fall_through: bool = True,
     task: Task = "transcribe",
+    languages: Collection[str] = (),
 ) -> ModelCard:
-    """The model that serves a request with language `hint`; `preferred_ids` win within a family."""
-    if hint is not None and hint not in KNOWN_ASR_LANGUAGES:
-        raise unsupported_language(hint)
+    """The model that serves a request with language `hint` (or any of `languages`); `preferred_ids`
+    win within a family."""
+    wanted = _wanted(hint, languages)
+    for code in sorted(wanted):
+        if code not in KNOWN_ASR_LANGUAGES:
+            raise unsupported_language(code, param="language" if hint is not None else "languages")
     visible = eligible(cards, task)
     for rule in rules:
-        if not rule.applies_to(hint):
+        if not rule.applies_to(wanted):
             continue
-        chosen = best_of([c for c in visible if c.family == rule.family and transcribes(c, hint)], preferred_ids)
+        chosen = best_of([c for c in visible if c.family == rule.family and transcribes(c, hint, languages)], preferred_ids)
         if chosen is not None:
             return chosen
     if fall_through:
-        chosen = best_of([c for c in visible if transcribes(c, hint)], preferred_ids)
+        chosen = best_of([c for c in visible if transcribes(c, hint, languages)], preferred_ids)
         if chosen is not None:
             return chosen
-    raise _nothing_to_serve(hint, visible, task)
+    raise _nothing_to_serve(hint if hint is not None else ", ".join(sorted(wanted)) or None, visible, task)
 
 
-def unsupported_language(hint: str) -> Exception:
+def unsupported_language(hint: str, param: str = "language") -> Exception:
     return malformed(
-        f"no speech-to-text engine transcribes language '{hint}'; leave `language` out to detect it, "
+        f"no speech-to-text engine transcribes language '{hint}'; leave `{param}` out to detect it, "
         "or send one of the codes listed under `languages` in GET /v1/models",
-        param="language",
+        param=param,
     )
 
 

@@ -128,6 +128,7 @@ def build_runtime(settings: Settings) -> Runtime:
         lifecycle,
         events,
         default_whisper_id=whisper_id_for_size(settings.whisper.default_size),
+        detect_for_auto=settings.transcription.detect_language_for_auto,
     )
     speech = SpeechService(settings.tts, inventory, {piper.provider: piper}, upstreams, scheduler, lifecycle, gate, events)
     llm = LlmProxy(settings.llm, inventory, chat, gate)

@@ -38,6 +38,7 @@ class WhisperSettings(BaseModel):
         description="Speech is decoded in pieces of at most this long, cut at pauses; a client that leaves stops "
         "the engine within one piece.",
     )
+    batch_size: int = Field(8, ge=1, le=64, description="Chunks decoded at once when a request sets chunking_strategy.")
     vad_filter: bool = Field(False, description="Also cut the pauses inside each piece out before decoding it.")
     worker_process: bool = Field(
         True,
@@ -60,6 +61,13 @@ def _default_cpu_slots() -> int:
     # Each CPU job already runs on several threads (CTranslate2 takes 4 by default), so one slot per
     # four cores keeps concurrent jobs from fighting over the same cores.
     return max(1, (os.cpu_count() or 1) // 4)
+
+
+class TranscriptionSettings(BaseModel):
+    detect_language_for_auto: bool = Field(
+        True, description="`auto` without a language: detect it first (multilingual Whisper, first 30 s of speech) and route by it, "
+        "when engines other than Whisper are visible.",
+    )
 
 
 class OnnxAsrSettings(BaseModel):
@@ -199,6 +207,7 @@ class Settings(BaseSettings):
     inventory_ttl_s: float = Field(2.0, ge=0)
 
     whisper: WhisperSettings = Field(default_factory=WhisperSettings)
+    transcription: TranscriptionSettings = Field(default_factory=TranscriptionSettings)
     onnx_asr: OnnxAsrSettings = Field(default_factory=OnnxAsrSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)

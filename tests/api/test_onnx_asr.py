@@ -208,9 +208,12 @@ def test_a_broken_model_folder_is_not_listed_says_how_to_fix_it_and_the_gateway_
 # -- routing (docs/models.md) -------------------------------------------------------------------------
 
 
-def expected_route(hint: str | None, visible: set[str]) -> str:
+def expected_route(hint: str | None, visible: set[str], detected: str | None = None) -> str:
     """docs/models.md, written out: CJK → SenseVoice, Parakeet's languages → Parakeet, else Whisper; a
-    preferred engine that is not visible falls through. Whisper here is base (multilingual) or tiny.en."""
+    preferred engine that is not visible falls through. Whisper here is base (multilingual) or tiny.en.
+    Without a hint the language `detected` first routes, where another engine than Whisper is visible."""
+    if hint is None and visible and detected is not None:
+        hint = detected
     if hint in CJK and SENSEVOICE in visible:
         return SENSEVOICE
     if hint in PARAKEET_LANGUAGES and PARAKEET in visible:
@@ -237,7 +240,10 @@ def test_auto_routes_every_language_by_the_design(make_inprocess_gateway, parake
             assert response.status_code == 503 and response.json()["error"]["kind"] == "network", response.text
             continue
         assert response.status_code == 200, (hint, response.text)
-        assert response.headers["x-aistack-model"] == expected_route(hint, visible), hint
+        # "Hello." is English: without a hint, base detects en first and routes by it.
+        assert response.headers["x-aistack-model"] == expected_route(hint, visible, detected="en"), hint
+        if hint is None:
+            assert response.headers["x-aistack-language"] == "en"
     unknown = transcribe(gateway, audio=hello, model="auto", language="xx")
     assert_envelope(unknown, 400, "malformed", "language", "xx")
 
@@ -271,3 +277,39 @@ def sse(text: str) -> list[tuple[str, dict]]:
         lines = dict(line.split(": ", 1) for line in block.splitlines())
         events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+# -- the 2026 transcription fields beside models that cannot take them ------------------------------
+
+
+def test_auto_without_a_hint_detects_the_language_first_and_routes_by_it(make_inprocess_gateway, parakeet_folder,  # noqa: F811
+                                                                         silero_vad_path, speech) -> None:  # noqa: F811
+    german = speech.espeak("german", GERMAN_SENTENCE, "de").read_bytes()
+    paths = {PARAKEET: parakeet_folder, VAD: silero_vad_path}
+    gateway = make_inprocess_gateway(model_paths=paths, whisper=WhisperSettings(beam_size=1))
+    routed = transcribe(gateway, audio=german, model="auto", response_format="verbose_json")
+    assert routed.status_code == 200, routed.text
+    assert (routed.headers["x-aistack-model"], routed.headers["x-aistack-language"]) == (PARAKEET, "de")
+    # Limited to languages Parakeet does not hear, detection routes to Whisper.
+    limited = transcribe(gateway, audio=german, model="auto", **{"languages[]": ["ja", "th"]})
+    assert limited.status_code == 200, limited.text
+    assert limited.headers["x-aistack-model"] == "whisper-base"
+
+    undetected = make_inprocess_gateway(model_paths=paths, whisper=WhisperSettings(beam_size=1),
+                                        transcription={"detect_language_for_auto": False})
+    plain = transcribe(undetected, audio=german, model="auto", response_format="verbose_json")
+    assert plain.status_code == 200, plain.text
+    assert plain.headers["x-aistack-model"] == "whisper-base"
+    assert plain.json()["language"] == "de" and plain.headers["x-aistack-language"] == "de"
+
+
+@pytest.mark.parametrize(("fields", "param", "named"), [
+    ({"keywords[]": ["Zorbatek"]}, "keywords", "keywords[]"),
+    ({"include[]": ["logprobs"]}, "include", "include[]=logprobs"),
+    ({"chunking_strategy": "auto"}, "chunking_strategy", "chunking_strategy"),
+], ids=["keywords", "logprobs", "chunking"])
+def test_fields_a_model_cannot_take_are_refused_naming_the_models_that_can(both, hello: bytes, fields: dict, param: str,
+                                                                             named: str) -> None:
+    response = transcribe(both, audio=hello, model=SENSEVOICE, **fields)
+    error = assert_envelope(response, 400, "malformed", param, f"model '{SENSEVOICE}' cannot take {named}", "whisper-base")
+    assert PARAKEET not in error["message"]

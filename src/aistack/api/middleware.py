@@ -20,6 +20,8 @@ error_log = logging.getLogger("aistack.errors")
 
 MODEL_HEADER = "x-aistack-model"
 SLOT_WAIT_HEADER = "x-aistack-slot-wait-ms"
+# The language of the speech where the request did not give it: detected before routing, or by the engine.
+LANGUAGE_HEADER = "x-aistack-language"
 OUTCOME_KEY = "aistack.outcome"
 CLEANUP_KEY = "aistack.cleanup"
 PROTECTED_PREFIXES = ("/v1/", "/admin/")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..engines.base import Segment, Task, TranscriptionInfo
+from ..engines.base import Segment, Task, TokenLogprob, TranscriptionInfo
 
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
 
@@ -40,7 +40,7 @@ def usage(duration: float) -> dict[str, Any]:
     return {"type": "duration", "seconds": int(math.ceil(duration))}
 
 
-def render(transcript: Transcript, response_format: str, granularities: frozenset[str]) -> str | dict[str, Any]:
+def render(transcript: Transcript, response_format: str, granularities: frozenset[str], logprobs: bool = False) -> str | dict[str, Any]:
     if response_format == "text":
         return transcript.text + "\n"
     if response_format == "srt":
@@ -49,7 +49,15 @@ def render(transcript: Transcript, response_format: str, granularities: frozense
         return to_vtt(transcript.segments)
     if response_format == "verbose_json":
         return to_verbose_json(transcript, granularities)
-    return {"text": transcript.text, "usage": usage(transcript.info.duration)}
+    body: dict[str, Any] = {"text": transcript.text}
+    if logprobs:
+        body["logprobs"] = [logprob_json(p) for s in transcript.segments for p in s.logprobs]
+    body["usage"] = usage(transcript.info.duration)
+    return body
+
+
+def logprob_json(entry: TokenLogprob) -> dict[str, Any]:
+    return {"token": entry.token, "logprob": round(entry.logprob, 6), "bytes": list(entry.bytes)}
 
 
 def to_verbose_json(transcript: Transcript, granularities: frozenset[str]) -> dict[str, Any]:

@@ -24,6 +24,10 @@ PROBE_BUDGET_SHARE = 0.8
 # "embeddings" is additive: a model that only embeds (Ollama's embedding models) is not "llm".
 Capability = Literal["asr", "tts", "llm", "embeddings"]
 Task = Literal["transcribe", "translate"]
+# What a speech-to-text model can do beyond transcribing, for the request fields that need it:
+# keywords (favoured words), logprobs (per-token log probabilities), chunking (VAD-cut chunks decoded
+# in a batch), language_detection (detection alone, limited to given languages).
+AsrFeature = Literal["keywords", "logprobs", "chunking", "language_detection"]
 
 _Item_co = TypeVar("_Item_co", covariant=True)
 # What a backend's `load` gives: a Transcriber, a Synthesizer.
@@ -58,6 +62,7 @@ class ModelCard:
     # The id the provider itself knows the model by, where the listing had to qualify it
     # (`provider/id`, when two upstreams offer the same id).
     upstream_id: str | None = None
+    asr_features: frozenset[AsrFeature] = frozenset()
 
     @property
     def provider_model_id(self) -> str:
@@ -82,12 +87,37 @@ class BackendStatus:
 
 
 @dataclass(frozen=True)
+class VadChunking:
+    """Cut the audio at speech pauses and decode the chunks in a batch (OpenAI's chunking_strategy)."""
+
+    threshold: float | None = None
+    prefix_padding_ms: int | None = None
+    silence_duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class TranscribeOptions:
     language: str | None = None
     task: Task = "transcribe"
     prompt: str | None = None
     temperature: float | None = None
     word_timestamps: bool = False
+    # The possible languages when `language` is not given: detection picks among them.
+    languages: tuple[str, ...] = ()
+    # Words to favour (needs the "keywords" feature).
+    keywords: tuple[str, ...] = ()
+    chunking: VadChunking | None = None
+    # Per-token log probabilities on each segment (needs "logprobs").
+    logprobs: bool = False
+    # Only find the language (TranscriptionInfo), decode nothing (needs "language_detection").
+    detect_only: bool = False
+
+    @property
+    def needs(self) -> frozenset[AsrFeature]:
+        """The model features these options ask for."""
+        asked: dict[AsrFeature, bool] = {"keywords": bool(self.keywords), "logprobs": self.logprobs,
+                                         "chunking": self.chunking is not None, "language_detection": self.detect_only}
+        return frozenset(feature for feature, wanted in asked.items() if wanted)
 
 
 @dataclass(frozen=True)
@@ -96,6 +126,13 @@ class Word:
     end: float
     word: str
     probability: float | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -111,6 +148,7 @@ class Segment:
     compression_ratio: float | None = None
     no_speech_prob: float | None = None
     words: tuple[Word, ...] = field(default=())
+    logprobs: tuple[TokenLogprob, ...] = field(default=())
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,14 +25,17 @@ from ..weights.catalog import (
 )
 from ..weights.resolver import ResolvedWeights, WeightResolver
 from .base import (
+    AsrFeature,
     BackendStatus,
     Capability,
     LoadedModel,
     ModelCard,
     Segment,
+    TokenLogprob,
     TranscribeOptions,
     TranscriptionInfo,
     Unavailable,
+    VadChunking,
     Word,
 )
 from .worker_process import HostedTranscriber, TranscriberFactory
@@ -46,6 +50,9 @@ DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def card_for(spec: WhisperModelSpec, created: int = 0) -> ModelCard:
+    features: frozenset[AsrFeature] = frozenset({"keywords", "logprobs", "chunking"})
+    if not spec.english_only:
+        features |= {"language_detection"}
     return ModelCard(
         id=spec.id,
         provider=PROVIDER,
@@ -56,6 +63,7 @@ def card_for(spec: WhisperModelSpec, created: int = 0) -> ModelCard:
         can_translate=not spec.english_only,
         rank=spec.rank,
         created=created,
+        asr_features=features,
     )
 
 
@@ -73,6 +81,7 @@ class WhisperTranscriber:
         self.card = card
         self._model = model
         self._settings = settings
+        self._pipeline: Any = None  # faster-whisper's batched pipeline, made on the first chunked request
         tokenizer = getattr(model, "hf_tokenizer", None)
         # Timestamps and control tokens come after end-of-text; only the tokens before it are words.
         self._end_of_text = (tokenizer.token_to_id("<|endoftext|>") if tokenizer is not None else None) or 50257
@@ -83,6 +92,7 @@ class WhisperTranscriber:
         if unload is not None:
             unload()
         self._model = None
+        self._pipeline = None
 
     def transcribe(
         self, audio: np.ndarray, options: TranscribeOptions
@@ -94,13 +104,29 @@ class WhisperTranscriber:
             # Nothing to decode; the language is the one asked for (English when none was).
             silent = ISO_FOR_WHISPER_CODE.get(language, language) if language else "en"
             return TranscriptionInfo(language=silent, duration=duration, language_probability=None), iter(())
+        probability: float | None = None
+        if language is None and (options.languages or options.detect_only):
+            language, probability = self._detect(audio, pieces, options.languages)
+            if options.detect_only:
+                iso = ISO_FOR_WHISPER_CODE.get(language, language)
+                return TranscriptionInfo(language=iso, duration=duration, language_probability=probability), iter(())
         prompt = usable_prompt(options.prompt)
+        if options.chunking is not None:
+            return self._batched(audio, language, prompt, options, duration, probability)
         first, info = self._decode(audio, pieces[0], language, prompt, options)
         detected = ISO_FOR_WHISPER_CODE.get(info.language, info.language)
         return (
-            TranscriptionInfo(language=detected, duration=duration, language_probability=info.language_probability),
+            TranscriptionInfo(language=detected, duration=duration, language_probability=probability or info.language_probability),
             self._segments(audio, pieces, first, info.language, prompt, options),
         )
+
+    def _detect(self, audio: np.ndarray, pieces: list[tuple[int, int]], candidates: tuple[str, ...]) -> tuple[str, float]:
+        """Whisper's language detection on the first 30 s of speech, limited to `candidates` (ISO codes) when given."""
+        speech = np.concatenate([audio[start:end] for start, end in pieces])[: DETECTION_SECONDS * SAMPLE_RATE]
+        _, _, ranked = self._model.detect_language(audio=speech)
+        allowed = {WHISPER_CODE_FOR_ISO.get(code, code) for code in candidates}
+        kept = [(code, float(p)) for code, p in ranked if not allowed or code in allowed] or [(c, float(p)) for c, p in ranked]
+        return max(kept, key=lambda pair: pair[1])
 
     def _decode(
         self, audio: np.ndarray, piece: tuple[int, int], language: str | None, prompt: str | None, options: TranscribeOptions
@@ -111,6 +137,7 @@ class WhisperTranscriber:
             language=language,
             task=options.task,
             initial_prompt=prompt,
+            hotwords=" ".join(options.keywords) or None,
             temperature=options.temperature if options.temperature is not None else list(DEFAULT_TEMPERATURES),
             word_timestamps=options.word_timestamps,
             beam_size=self._settings.beam_size,
@@ -118,6 +145,72 @@ class WhisperTranscriber:
             max_new_tokens=token_bound((end - start) / SAMPLE_RATE),
         )
         return segments, info
+
+    def _batched(self, audio: np.ndarray, language: str | None, prompt: str | None, options: TranscribeOptions,
+                 duration: float, probability: float | None) -> tuple[TranscriptionInfo, Iterator[Segment]]:
+        """faster-whisper's batched pipeline: VAD-cut chunks of up to 30 s decoded `batch_size` at a time."""
+        from faster_whisper import BatchedInferencePipeline
+
+        if self._pipeline is None:
+            self._pipeline = BatchedInferencePipeline(self._model)
+        raw, info = self._pipeline.transcribe(
+            audio,
+            language=language,
+            task=options.task,
+            initial_prompt=prompt,
+            hotwords=" ".join(options.keywords) or None,
+            temperature=options.temperature if options.temperature is not None else list(DEFAULT_TEMPERATURES),
+            word_timestamps=options.word_timestamps,
+            beam_size=self._settings.beam_size,
+            batch_size=self._settings.batch_size,
+            vad_filter=True,
+            vad_parameters=_vad_parameters(options.chunking, self._settings.vad_threshold),
+            log_progress=False,
+        )
+        detected = ISO_FOR_WHISPER_CODE.get(info.language, info.language)
+        whole = (0, audio.shape[0])
+
+        def segments() -> Generator[Segment, None, None]:
+            for index, segment in enumerate(raw):
+                converted = _convert(segment, index, whole)
+                if options.logprobs:
+                    span = (int(converted.start * SAMPLE_RATE), int(converted.end * SAMPLE_RATE))
+                    converted = self._with_logprobs(audio, span, [converted], info.language, options)[0]
+                yield converted
+
+        return (
+            TranscriptionInfo(language=detected, duration=duration, language_probability=probability or info.language_probability),
+            segments(),
+        )
+
+    def _with_logprobs(self, audio: np.ndarray, span: tuple[int, int], segments: list[Segment], language: str,
+                       options: TranscribeOptions) -> list[Segment]:
+        """`segments` (decoded from `span`) with each text token's log probability, the tokens scored
+        by the model on that audio (CTranslate2's alignment pass)."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        texts = [[t for t in segment.tokens if t < self._end_of_text] for segment in segments]
+        flat = [t for tokens in texts for t in tokens]
+        if not flat:
+            return segments
+        tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, task=options.task, language=language)
+        start, end = span
+        end = min(end, start + DETECTION_SECONDS * SAMPLE_RATE)
+        features = pad_or_trim(self._model.feature_extractor(audio[start:end])[..., :-1])
+        encoded = self._model.encode(features)
+        (aligned,) = self._model.model.align(encoded, tokenizer.sot_sequence, [flat], max(1, (end - start) // HOP))
+        probabilities = list(aligned.text_token_probs)
+        with_logprobs: list[Segment] = []
+        position = 0
+        for segment, tokens in zip(segments, texts, strict=True):
+            entries = []
+            for token, p in zip(tokens, probabilities[position:position + len(tokens)], strict=True):
+                text = tokenizer.decode([token])
+                entries.append(TokenLogprob(text, math.log(max(float(p), 1e-12)), tuple(text.encode("utf-8"))))
+            position += len(tokens)
+            with_logprobs.append(replace(segment, logprobs=tuple(entries)))
+        return with_logprobs
 
     def _segments(
         self,
@@ -150,6 +243,8 @@ class WhisperTranscriber:
             said: list[str] = []
             bound = token_bound((piece[1] - piece[0]) / SAMPLE_RATE)
             spent = 0
+            # With logprobs a piece's segments are scored together, once the piece is decoded.
+            held: list[Segment] = []
             try:
                 for raw in decoded:
                     words = [t for t in raw.tokens if t < self._end_of_text]
@@ -160,9 +255,14 @@ class WhisperTranscriber:
                         said = []  # a runaway piece is no context for the next one
                         break
                     said.append(raw.text)
-                    yield _convert(raw, index, piece)
+                    if options.logprobs:
+                        held.append(_convert(raw, index, piece))
+                    else:
+                        yield _convert(raw, index, piece)
                     index += 1
                 previous = said
+                if held:
+                    yield from self._with_logprobs(audio, piece, held, language, options)
             finally:
                 close = getattr(decoded, "close", None)
                 if close is not None:
@@ -206,6 +306,8 @@ MIN_SPEECH_MS = 250
 MIN_SILENCE_MS = 500
 SPEECH_PAD_MS = 400
 VAD_WINDOW = 512  # samples per Silero VAD probability
+# Whisper detects the language (and scores tokens) on one 30 s window.
+DETECTION_SECONDS = 30
 
 
 def token_bound(seconds: float) -> int:
@@ -255,6 +357,19 @@ def _cuts(audio: np.ndarray, start: int, end: int, limit: int) -> list[int]:
         position = quietest * VAD_WINDOW
         cuts.append(start + position)
     return [*cuts, end]
+
+
+def _vad_parameters(chunking: VadChunking | None, default_threshold: float) -> dict[str, Any]:
+    """OpenAI's server_vad fields as Silero VAD's options (faster_whisper.vad.VadOptions)."""
+    parameters: dict[str, Any] = {"threshold": default_threshold}
+    if chunking is not None:
+        if chunking.threshold is not None:
+            parameters["threshold"] = chunking.threshold
+        if chunking.prefix_padding_ms is not None:
+            parameters["speech_pad_ms"] = chunking.prefix_padding_ms
+        if chunking.silence_duration_ms is not None:
+            parameters["min_silence_duration_ms"] = chunking.silence_duration_ms
+    return parameters
 
 
 def usable_prompt(prompt: str | None) -> str | None:

@@ -8,7 +8,7 @@ as a whole transcript or as SSE events.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ import numpy as np
 from .. import sse
 from ..audio.formats import Transcript, join_text, usage
 from ..engines.base import (
+    AsrFeature,
     ModelCard,
     Segment,
     Task,
@@ -31,8 +32,15 @@ from ..languages import KNOWN_ASR_LANGUAGES
 from ..lifecycle import ModelLifecycle
 from ..observability.events import EngineEvents
 from ..protocol.errors import ErrorEvent
-from ..protocol.transcription import DurationUsage, StreamWarning, TranscriptTextDelta, TranscriptTextDone, TranscriptTextSegment
-from ..routing import WHISPER_ONLY, route, transcribes, unsupported_language
+from ..protocol.transcription import (
+    DurationUsage,
+    StreamWarning,
+    TranscriptTextDelta,
+    TranscriptTextDone,
+    TranscriptTextSegment,
+    logprob_entries,
+)
+from ..routing import WHISPER_ONLY, best_of, route, transcribes, unsupported_language
 from ..scheduler import Lease, Scheduler
 from .claims import claim_transcriber
 
@@ -58,6 +66,7 @@ class TranscriptionService:
         lifecycle: ModelLifecycle,
         events: EngineEvents,
         default_whisper_id: str,
+        detect_for_auto: bool = False,
     ) -> None:
         self._inventory = inventory
         self._backends = backends
@@ -65,15 +74,27 @@ class TranscriptionService:
         self._lifecycle = lifecycle
         self._events = events
         self._default_whisper_id = default_whisper_id
+        self._detect_for_auto = detect_for_auto
 
-    async def select(self, model: str, language: str | None, task: Task) -> ModelCard:
-        """The card that will serve `model` for this language and task, or the envelope saying why none."""
+    async def select(self, model: str, language: str | None, task: Task, languages: Sequence[str] = (),
+                     needs: Collection[AsrFeature] = ()) -> ModelCard:
+        """The card that will serve `model` for this language (or these possible `languages`) and task,
+        able to do what `needs` names, or the envelope saying why none."""
+        if language is not None and languages:
+            raise malformed("language names the speech's language and languages[] its possible ones; send one of them",
+                            param="languages")
         snapshot = await self._inventory.snapshot()
         preferred = (self._default_whisper_id,)
         if model == AUTO_ID:
-            return route(language, snapshot.cards, preferred_ids=preferred, task=task)
-        if model == WHISPER_ALIAS:
-            return route(language, snapshot.cards, preferred_ids=preferred, rules=WHISPER_ONLY, fall_through=False, task=task)
+            card = route(language, snapshot.cards, preferred_ids=preferred, task=task, languages=languages)
+        elif model == WHISPER_ALIAS:
+            card = route(language, snapshot.cards, preferred_ids=preferred, rules=WHISPER_ONLY, fall_through=False, task=task,
+                         languages=languages)
+        else:
+            card = self._named(snapshot, model, language, languages, task)
+        return _able(card, snapshot, needs)
+
+    def _named(self, snapshot: Snapshot, model: str, language: str | None, languages: Sequence[str], task: Task) -> ModelCard:
         card = snapshot.card(model)
         if card is None:
             raise snapshot.unknown_model_error(model, f"available speech-to-text models: {_asr_ids(snapshot)}")
@@ -83,13 +104,43 @@ class TranscriptionService:
             translators = [c.id for c in snapshot.asr_cards() if c.can_translate]
             hint = f"use one of: {', '.join(translators)}" if translators else "install multilingual Whisper weights (see `aistack doctor`)"
             raise malformed(f"model '{model}' cannot translate to English; {hint}", param="model")
-        if language is not None and language not in KNOWN_ASR_LANGUAGES:
-            raise unsupported_language(language)
-        if not transcribes(card, language):
-            able = [c.id for c in snapshot.asr_cards() if transcribes(c, language)]
+        param = "language" if language is not None else "languages"
+        for code in [language] if language is not None else languages:
+            if code not in KNOWN_ASR_LANGUAGES:
+                raise unsupported_language(code, param=param)
+        if not transcribes(card, language, languages):
+            able = [c.id for c in snapshot.asr_cards() if transcribes(c, language, languages)]
             hint = f"use {AUTO_ID} or one of: {', '.join(able)}" if able else "install a multilingual model (see `aistack doctor`)"
-            raise malformed(f"model '{model}' does not transcribe language '{language}'; {hint}", param="language")
+            asked = f"language '{language}'" if language is not None else f"all of the languages {', '.join(languages)}"
+            raise malformed(f"model '{model}' does not transcribe {asked}; {hint}", param=param)
         return card
+
+    async def route_by_detection(self, model: str, card: ModelCard, language: str | None, languages: Sequence[str], task: Task,
+                                 needs: Collection[AsrFeature], audio: np.ndarray,
+                                 on_lease: Callable[[Lease], None]) -> tuple[ModelCard, str | None]:
+        """For `auto` without a language: the language detected first (by a multilingual Whisper, among
+        `languages` when given) and the model routed by it; (card, None) where detection is off or
+        could not change the choice (one family of models visible, or no detector)."""
+        if model != AUTO_ID or language is not None or not self._detect_for_auto:
+            return card, None
+        snapshot = await self._inventory.snapshot()
+        candidates = [c for c in snapshot.asr_cards() if c.id != AUTO_ID and (task == "transcribe" or c.can_translate)]
+        if len({c.family for c in candidates}) < 2:
+            return card, None
+        detectors = [c for c in candidates if "language_detection" in c.asr_features]
+        detector = best_of(detectors, (self._default_whisper_id,))
+        if detector is None:
+            return card, None
+        job = await self.start(detector, on_lease)
+        transcript = await self.transcribe(job, audio, TranscribeOptions(languages=tuple(languages), task=task, detect_only=True))
+        detected = transcript.info.language
+        try:
+            routed = await self.select(AUTO_ID, detected, task, (), needs)
+        except AistackError as error:
+            log.info("detected %s with %s, which routes nowhere (%s); serving with %s", detected, detector.id, error.message, card.id)
+            return card, detected
+        log.debug("detected %s with %s: routed to %s", detected, detector.id, routed.id)
+        return routed, detected
 
     async def start(self, card: ModelCard, on_lease: Callable[[Lease], None]) -> Job:
         """A slot on the model's device and the loaded model (see `claim`)."""
@@ -148,7 +199,8 @@ class TranscriptionService:
                         duration = item.duration
                         continue
                     pieces.append(item.text)
-                    yield sse.event(TranscriptTextDelta(delta=item.text))
+                    logprobs = logprob_entries(item.logprobs) if options.logprobs else None
+                    yield sse.event(TranscriptTextDelta(delta=item.text, logprobs=logprobs))
                     yield sse.event(TranscriptTextSegment(
                         id=item.id, start=round(item.start, 3), end=round(item.end, 3), text=item.text.strip()
                     ))
@@ -156,6 +208,24 @@ class TranscriptionService:
             yield sse.event(ErrorEvent.of(error))
             return
         yield sse.event(TranscriptTextDone(text=join_text(pieces), usage=DurationUsage.model_validate(usage(duration))))
+
+
+# What each feature is called where a refusal names it.
+FEATURE_FIELDS: dict[AsrFeature, str] = {
+    "keywords": "keywords[]",
+    "logprobs": "include[]=logprobs",
+    "chunking": "chunking_strategy",
+}
+
+
+def _able(card: ModelCard, snapshot: Snapshot, needs: Collection[AsrFeature]) -> ModelCard:
+    for feature in needs:
+        if feature not in card.asr_features:
+            able = [c.id for c in snapshot.asr_cards() if feature in c.asr_features and c.id != AUTO_ID]
+            field = FEATURE_FIELDS[feature]
+            hint = f"use one of: {', '.join(able)}" if able else "no model here can; drop the field"
+            raise malformed(f"model '{card.id}' cannot take {field}; {hint}", param=field.split("[")[0].split("=")[0])
+    return card
 
 
 def _asr_ids(snapshot: Snapshot) -> str:
