@@ -1,0 +1,241 @@
+"""One Wyoming connection: its events in, calls on the services, their results out as events.
+
+Events are read (by the wyoming library's handler loop) while earlier requests are still being
+served, so a client that goes away is noticed at once: the work in progress is cancelled, which
+stops the engine at its next step and gives its slot back. Everything the session sends is sent
+by one worker, in the order the requests came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe
+from wyoming.ping import Ping, Pong
+from wyoming.server import AsyncEventHandler
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
+
+from ..errors import AistackError, ErrorKind, malformed
+from ..inventory import AUTO_ID
+from ..services.models import ModelsService
+from ..services.speech import SpeechPlan, SpeechService
+from ..services.transcription import TranscriptionService
+from .describe import describe
+from .listening import Listening, transcribe
+from .sentences import SentenceBuffer
+from .speaking import plan_for, speak
+
+log = logging.getLogger("aistack.wyoming")
+
+Job = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a session calls on, and the limits it keeps."""
+
+    transcription: TranscriptionService
+    speech: SpeechService
+    models: ModelsService
+    stream_transcripts: bool
+    max_audio_bytes: int
+    max_text_chars: int
+
+
+@dataclass
+class SpeechStream:
+    """A synthesize-start ... synthesize-stop request: its voice, chosen by its first sentence's job,
+    and the text not yet a whole sentence."""
+
+    voice: SynthesizeVoice | None
+    sentences: SentenceBuffer
+    plan: SpeechPlan | None = None
+    # Set once an error event ended the request: nothing more is said or sent for it.
+    failed: bool = False
+
+
+class WyomingSession(AsyncEventHandler):
+    def __init__(self, services: Services, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self._services = services
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._worker = asyncio.create_task(self._work(), name="aistack-wyoming-worker")
+        self._transcribe: Transcribe | None = None
+        self._listening: Listening | None = None
+        self._speaking: SpeechStream | None = None
+
+    @property
+    def worker(self) -> asyncio.Task[None]:
+        return self._worker
+
+    async def handle_event(self, event: Event) -> bool:
+        try:
+            self._dispatch(event)
+        except AistackError as error:
+            self._send_error(error)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            # The library's from_event reads the fields a well-formed event has.
+            self._send_error(malformed(f"the {event.type} event is malformed ({type(error).__name__}: {error}); "
+                                       "send the fields the Wyoming protocol defines for it", param=event.type))
+        return True
+
+    async def disconnect(self) -> None:
+        """The client went away (or the server is stopping): stop whatever is being served for it."""
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+
+    def _dispatch(self, event: Event) -> None:
+        kind = event.type
+        if Describe.is_type(kind):
+            self._jobs.put_nowait(self._describe)
+        elif Transcribe.is_type(kind):
+            self._transcribe = Transcribe.from_event(event)
+        elif AudioStart.is_type(kind):
+            start = AudioStart.from_event(event)
+            self._listening = self._new_listening()
+            self._listening.audio_format = start
+        elif AudioChunk.is_type(kind):
+            self._on_audio(AudioChunk.from_event(event))
+        elif AudioStop.is_type(kind):
+            self._on_audio_stop()
+        elif Synthesize.is_type(kind):
+            # Inside a stream it repeats the streamed text for clients that do not stream: already said.
+            if self._speaking is None:
+                self._synthesize(Synthesize.from_event(event))
+        elif SynthesizeStart.is_type(kind):
+            self._on_synthesize_start(SynthesizeStart.from_event(event))
+        elif SynthesizeChunk.is_type(kind):
+            self._on_synthesize_chunk(SynthesizeChunk.from_event(event))
+        elif SynthesizeStop.is_type(kind):
+            self._on_synthesize_stop()
+        elif Ping.is_type(kind):
+            pong = Pong(text=Ping.from_event(event).text).event()
+            self._jobs.put_nowait(lambda: self.write_event(pong))
+        else:
+            log.debug("ignoring a %s event", kind)
+
+    # -- speech-to-text ------------------------------------------------------------------------
+
+    def _new_listening(self) -> Listening:
+        asked, self._transcribe = self._transcribe, None
+        if asked is None:
+            return Listening()
+        return Listening(model=asked.name or AUTO_ID, language=asked.language)
+
+    def _on_audio(self, chunk: AudioChunk) -> None:
+        if self._listening is None:  # no audio-start: the chunk's own format is the stream's
+            self._listening = self._new_listening()
+        listening = self._listening
+        if listening.refused:
+            return
+        try:
+            listening.add(chunk, chunk.audio, self._services.max_audio_bytes)
+        except AistackError as error:
+            listening.refused = True
+            listening.audio.clear()
+            self._send_error(error)
+
+    def _on_audio_stop(self) -> None:
+        listening, self._listening = self._listening or self._new_listening(), None
+        if listening.refused:
+            return
+        services = self._services
+        self._jobs.put_nowait(lambda: transcribe(services.transcription, listening, services.stream_transcripts, self.write_event))
+
+    # -- text-to-speech ------------------------------------------------------------------------
+
+    def _synthesize(self, request: Synthesize) -> None:
+        speech = self._services.speech
+
+        async def job() -> None:
+            speech.check_input(request.text)
+            plan = await plan_for(speech, request.voice)
+            await speak(speech, plan, request.text, self.write_event)
+
+        self._jobs.put_nowait(job)
+
+    def _on_synthesize_start(self, start: SynthesizeStart) -> None:
+        if self._speaking is not None:
+            raise malformed("synthesize-start came while a synthesis stream is open; send synthesize-stop first",
+                            param="synthesize-start")
+        self._speaking = SpeechStream(start.voice, SentenceBuffer(self._services.max_text_chars))
+
+    def _on_synthesize_chunk(self, chunk: SynthesizeChunk) -> None:
+        stream = self._speaking
+        if stream is None:
+            raise malformed("synthesize-chunk came outside a synthesis stream; send synthesize-start first",
+                            param="synthesize-chunk")
+        sentences = stream.sentences.add(chunk.text)
+        if sentences:
+            text = " ".join(sentences)
+            self._jobs.put_nowait(lambda: self._say(stream, text))
+
+    def _on_synthesize_stop(self) -> None:
+        stream, self._speaking = self._speaking, None
+        if stream is None:
+            raise malformed("synthesize-stop came outside a synthesis stream; send synthesize-start first",
+                            param="synthesize-stop")
+        rest = stream.sentences.finish()
+
+        async def finish() -> None:
+            if rest:
+                await self._say(stream, rest)
+            if not stream.failed:
+                await self.write_event(SynthesizeStopped().event())
+
+        self._jobs.put_nowait(finish)
+
+    async def _say(self, stream: SpeechStream, text: str) -> None:
+        """One or more whole sentences of a stream, as audio-start, chunks, audio-stop."""
+        if stream.failed or not any(character.isalnum() for character in text):
+            return  # punctuation alone makes no sound, and is no reason to end the stream
+        speech = self._services.speech
+        try:
+            speech.check_input(text)
+            if stream.plan is None:
+                stream.plan = await plan_for(speech, stream.voice)
+            await speak(speech, stream.plan, text, self.write_event)
+        except AistackError:
+            stream.failed = True
+            raise
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    async def _describe(self) -> None:
+        services = self._services
+        info = await describe(services.models, services.speech, services.stream_transcripts)
+        await self.write_event(info.event())
+
+    def _send_error(self, error: AistackError) -> None:
+        self._jobs.put_nowait(lambda: self._write_error(error))
+
+    async def _write_error(self, error: AistackError) -> None:
+        await self.write_event(Error(text=error.message, code=error.kind.value).event())
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                try:
+                    await job()
+                except AistackError as error:
+                    await self._write_error(error)
+                except ConnectionError:
+                    raise
+                except Exception as error:
+                    log.exception("a Wyoming request failed")
+                    await self._write_error(AistackError(ErrorKind.UNKNOWN, f"aistack failed unexpectedly: {error}"))
+            except ConnectionError as gone:
+                # Writing to a client that has gone: nothing more can reach it.
+                log.debug("wyoming client gone while answering: %s", gone)
+                await self.stop()
+                return
