@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioFormat
 
-from ..audio.decode import decode_pcm
+from ..audio.decode import SAMPLE_RATE, decode_pcm
 from ..audio.formats import join_text
 from ..engines.base import TranscribeOptions, TranscriptionInfo
 from ..errors import AistackError, ErrorKind, malformed
@@ -18,6 +19,8 @@ from ..scheduler import Lease
 from ..services.transcription import TranscriptionService
 from .languages import language_hint
 from .speaking import Write
+
+log = logging.getLogger("aistack.wyoming")
 
 
 @dataclass
@@ -88,6 +91,7 @@ async def transcribe(service: TranscriptionService, request: Listening, stream: 
                     await write(TranscriptChunk(text=item.text if pieces else item.text.lstrip()).event())
                 pieces.append(item.text)
         await _answer(write, pieces, language, stream, started)
+        log.info("wyoming transcribe model=%s %.1f s of audio, %d segment(s)", card.id, audio.size / SAMPLE_RATE, len(pieces))
     finally:
         for lease in leases:
             lease.abandon()

@@ -72,10 +72,6 @@ class WyomingSession(AsyncEventHandler):
         self._listening: Listening | None = None
         self._speaking: SpeechStream | None = None
 
-    @property
-    def worker(self) -> asyncio.Task[None]:
-        return self._worker
-
     async def handle_event(self, event: Event) -> bool:
         try:
             self._dispatch(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -16,6 +17,8 @@ from ..errors import malformed, not_found
 from ..scheduler import Lease
 from ..services.speech import SpeechPlan, SpeechService
 from .languages import primary_language
+
+log = logging.getLogger("aistack.wyoming")
 
 Write = Callable[[Event], Awaitable[None]]
 
@@ -91,6 +94,7 @@ async def speak(speech: SpeechService, plan: SpeechPlan, text: str, write: Write
                     audio = chunk.samples.astype("<i2", copy=False).tobytes()
                     await write(AudioChunk(rate=chunk.sample_rate, width=_SAMPLE_WIDTH, channels=_CHANNELS, audio=audio).event())
         await write(AudioStop().event())
+        log.info("wyoming synthesize model=%s voice=%s %d character(s)", plan.card.id, plan.options.voice, len(text))
     finally:
         for lease in leases:
             lease.abandon()
