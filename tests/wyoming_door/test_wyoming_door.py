@@ -17,6 +17,7 @@ import pytest
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
+from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 from wyoming_harness import Pcm, WyomingServer, audio_of, client, read_until, read_wav, send_audio, talk
@@ -407,3 +408,26 @@ def test_a_client_gone_mid_transcript_frees_its_slot_and_tasks(server: WyomingSe
     assert steps == [0]  # no segment decoded after the client left
     # And the next client is served as before.
     assert words(transcript_of(transcribe(server.uri, english, Transcribe(name=TINY))).text) == words(ENGLISH_SENTENCE)
+
+
+def test_fields_of_the_wrong_type_or_not_text_are_refused_by_name(server: WyomingServer) -> None:
+    async def scenario() -> list:
+        async with client(server.uri) as connection:
+            await connection.write_event(Event(type="synthesize", data={"text": 5}))
+            await connection.write_event(Event(type="audio-start", data={"rate": "fast", "width": 2, "channels": 1}))
+            await connection.write_event(Event(type="audio-start"))
+            # JSON may escape a lone surrogate, which no UTF-8 encoder can send back as it came.
+            assert connection._writer is not None
+            connection._writer.write(b'{"type": "synthesize", "data": {"text": "Hi.", "voice": {"name": "x\\udcff"}}}\n')
+            await connection.write_event(Describe().event())
+            events: list = []
+            while not events or events[-1].type != "info":
+                events += await read_until(connection, "info")
+            return events
+
+    events = talk(scenario)
+    assert [e.type for e in events] == ["error"] * 4 + ["info"]
+    errors = [Error.from_event(e) for e in events[:4]]
+    assert [error.code for error in errors] == ["malformed", "malformed", "malformed", "not_found"]
+    assert "'text' is int" in errors[0].text and "'rate' is str" in errors[1].text and "audio-start" in errors[2].text
+    assert "x\ufffd" in errors[3].text

@@ -13,9 +13,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from wyoming.asr import Transcribe
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.audio import AudioChunk, AudioFormat, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe
@@ -23,7 +24,7 @@ from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
-from ..errors import AistackError, ErrorKind, malformed
+from ..errors import AistackError, ErrorKind, encodable, malformed
 from ..inventory import AUTO_ID
 from ..services.models import ModelsService
 from ..services.speech import SpeechPlan, SpeechService
@@ -36,6 +37,7 @@ from .speaking import plan_for, speak
 log = logging.getLogger("aistack.wyoming")
 
 Job = Callable[[], Awaitable[None]]
+_Format = TypeVar("_Format", bound=AudioFormat)
 
 
 @dataclass(frozen=True)
@@ -94,23 +96,32 @@ class WyomingSession(AsyncEventHandler):
         if Describe.is_type(kind):
             self._jobs.put_nowait(self._describe)
         elif Transcribe.is_type(kind):
-            self._transcribe = Transcribe.from_event(event)
+            asked = Transcribe.from_event(event)
+            _texts(kind, name=asked.name, language=asked.language)
+            self._transcribe = asked
         elif AudioStart.is_type(kind):
-            start = AudioStart.from_event(event)
+            start = _audio_format(kind, AudioStart.from_event(event))
             self._listening = self._new_listening()
             self._listening.audio_format = start
         elif AudioChunk.is_type(kind):
-            self._on_audio(AudioChunk.from_event(event))
+            self._on_audio(_audio_format(kind, AudioChunk.from_event(event)))
         elif AudioStop.is_type(kind):
             self._on_audio_stop()
         elif Synthesize.is_type(kind):
             # Inside a stream it repeats the streamed text for clients that do not stream: already said.
             if self._speaking is None:
-                self._synthesize(Synthesize.from_event(event))
+                request = Synthesize.from_event(event)
+                _texts(kind, text=request.text)
+                _voice(kind, request.voice)
+                self._synthesize(request)
         elif SynthesizeStart.is_type(kind):
-            self._on_synthesize_start(SynthesizeStart.from_event(event))
+            start_stream = SynthesizeStart.from_event(event)
+            _voice(kind, start_stream.voice)
+            self._on_synthesize_start(start_stream)
         elif SynthesizeChunk.is_type(kind):
-            self._on_synthesize_chunk(SynthesizeChunk.from_event(event))
+            piece = SynthesizeChunk.from_event(event)
+            _texts(kind, text=piece.text)
+            self._on_synthesize_chunk(piece)
         elif SynthesizeStop.is_type(kind):
             self._on_synthesize_stop()
         elif Ping.is_type(kind):
@@ -215,7 +226,8 @@ class WyomingSession(AsyncEventHandler):
         self._jobs.put_nowait(lambda: self._write_error(error))
 
     async def _write_error(self, error: AistackError) -> None:
-        await self.write_event(Error(text=error.message, code=error.kind.value).event())
+        # A message may quote what the client sent, lone surrogates included, which UTF-8 cannot carry.
+        await self.write_event(Error(text=encodable(error.message), code=error.kind.value).event())
 
     async def _work(self) -> None:
         while True:
@@ -235,3 +247,24 @@ class WyomingSession(AsyncEventHandler):
                 log.debug("wyoming client gone while answering: %s", gone)
                 await self.stop()
                 return
+
+
+# The library takes each field as the JSON had it; what the services are handed must be of its type.
+
+def _texts(event_type: str, **fields: Any) -> None:
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise malformed(f"{event_type} field '{name}' is {type(value).__name__}; send a string", param=f"{event_type}.{name}")
+
+
+def _voice(event_type: str, voice: SynthesizeVoice | None) -> None:
+    if voice is not None:
+        _texts(event_type, **{"voice.name": voice.name, "voice.language": voice.language, "voice.speaker": voice.speaker})
+
+
+def _audio_format(event_type: str, audio: _Format) -> _Format:
+    for name in ("rate", "width", "channels"):
+        value = getattr(audio, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise malformed(f"{event_type} field '{name}' is {type(value).__name__}; send a whole number", param=f"{event_type}.{name}")
+    return audio
