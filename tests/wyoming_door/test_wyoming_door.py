@@ -446,3 +446,30 @@ def test_fields_of_the_wrong_type_or_not_text_are_refused_by_name(server: Wyomin
     assert [error.code for error in errors] == ["malformed", "malformed", "malformed", "not_found"]
     assert "'text' is int" in errors[0].text and "'rate' is str" in errors[1].text and "audio-start" in errors[2].text
     assert "x\ufffd" in errors[3].text
+
+
+def test_a_unix_socket_door_answers_and_leaves_no_socket_behind(server: WyomingServer, tmp_path: Path) -> None:
+    import socket
+
+    from aistack.wyoming_door import wyoming_door
+
+    path = tmp_path / "wyoming.sock"
+    stale = socket.socket(socket.AF_UNIX)  # a socket file left by a gateway that did not stop cleanly
+    stale.bind(str(path))
+    stale.close()
+    door = wyoming_door(server.runtime, f"unix://{path}")
+
+    async def start() -> None:
+        await door.start()
+
+    async def stop() -> None:
+        await door.stop()
+
+    server.call(start())
+    try:
+        info = describe(f"unix://{path}")
+    finally:
+        server.call(stop())
+    assert door.address == f"unix://{path}"
+    assert TINY in {model.name for model in info.asr[0].models}
+    assert not path.exists()
