@@ -45,11 +45,14 @@ def test_sentences_come_out_once_whole() -> None:
     assert buffer.finish() == "Then" and buffer.finish() == ""
 
 
-def test_a_long_run_without_a_sentence_end_is_cut_at_a_space() -> None:
+def test_no_piece_is_longer_than_one_synthesis_takes() -> None:
     buffer = SentenceBuffer(max_chars=12)
     assert buffer.add("one two three four five") == ["one two", "three four"]
-    assert buffer.add("x" * 30) == ["fivexxxxxxx", "xxxxxxxxxxxx"]
-    assert buffer.finish() == "x" * 11
+    assert buffer.add("x" * 30) == ["five" + "x" * 8, "x" * 12]
+    assert buffer.finish() == "x" * 10
+    # A whole sentence longer than that is cut the same way.
+    assert buffer.add("alpha beta gamma delta epsilon. Next") == ["alpha beta", "gamma delta", "epsilon."]
+    assert buffer.finish() == "Next"
 
 
 def test_a_requests_audio_keeps_one_format_and_a_bound() -> None:

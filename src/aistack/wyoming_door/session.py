@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from wyoming.asr import Transcribe
@@ -181,10 +182,8 @@ class WyomingSession(AsyncEventHandler):
         if stream is None:
             raise malformed("synthesize-chunk came outside a synthesis stream; send synthesize-start first",
                             param="synthesize-chunk")
-        sentences = stream.sentences.add(chunk.text)
-        if sentences:
-            text = " ".join(sentences)
-            self._jobs.put_nowait(lambda: self._say(stream, text))
+        for sentence in stream.sentences.add(chunk.text):
+            self._jobs.put_nowait(partial(self._say, stream, sentence))
 
     def _on_synthesize_stop(self) -> None:
         stream, self._speaking = self._speaking, None
@@ -202,7 +201,7 @@ class WyomingSession(AsyncEventHandler):
         self._jobs.put_nowait(finish)
 
     async def _say(self, stream: SpeechStream, text: str) -> None:
-        """One or more whole sentences of a stream, as audio-start, chunks, audio-stop."""
+        """A whole sentence of a stream, as audio-start, chunks, audio-stop."""
         if stream.failed or not any(character.isalnum() for character in text):
             return  # punctuation alone makes no sound, and is no reason to end the stream
         speech = self._services.speech
