@@ -24,7 +24,7 @@ def wyoming_door(runtime: Runtime, uri: str) -> WyomingDoor:
         speech=runtime.speech,
         models=runtime.models,
         stream_transcripts=settings.wyoming.stream_transcripts,
-        max_audio_bytes=settings.max_upload_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
         max_text_chars=settings.tts.max_input_chars,
     )
     return WyomingDoor(uri, services)

@@ -49,7 +49,7 @@ class Listening:
         if len(self.audio) + len(data) > max_bytes:
             raise AistackError(
                 ErrorKind.OVERFLOW,
-                f"the audio is over the {max_bytes / 2**20:g} MB limit; send a shorter recording or raise AISTACK_MAX_UPLOAD_MB",
+                f"the audio is over the {max_bytes / 2**20:.3g} MB limit; send a shorter recording or raise AISTACK_MAX_UPLOAD_MB",
                 param="audio-chunk",
             )
         self.audio += data

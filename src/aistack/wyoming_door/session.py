@@ -43,13 +43,14 @@ _Format = TypeVar("_Format", bound=AudioFormat)
 
 @dataclass(frozen=True)
 class Services:
-    """What a session calls on, and the limits it keeps."""
+    """What a session calls on, and the limits it keeps: `max_upload_bytes` bounds one request's audio
+    and one streamed synthesis's text, as it bounds an HTTP upload."""
 
     transcription: TranscriptionService
     speech: SpeechService
     models: ModelsService
     stream_transcripts: bool
-    max_audio_bytes: int
+    max_upload_bytes: int
     max_text_chars: int
 
 
@@ -63,6 +64,8 @@ class SpeechStream:
     plan: SpeechPlan | None = None
     # Set once an error event ended the request: nothing more is said or sent for it.
     failed: bool = False
+    # UTF-8 bytes of text received so far.
+    received: int = 0
 
 
 class WyomingSession(AsyncEventHandler):
@@ -146,7 +149,7 @@ class WyomingSession(AsyncEventHandler):
         if listening.refused:
             return
         try:
-            listening.add(chunk, chunk.audio, self._services.max_audio_bytes)
+            listening.add(chunk, chunk.audio, self._services.max_upload_bytes)
         except AistackError as error:
             listening.refused = True
             listening.audio.clear()
@@ -182,6 +185,17 @@ class WyomingSession(AsyncEventHandler):
         if stream is None:
             raise malformed("synthesize-chunk came outside a synthesis stream; send synthesize-start first",
                             param="synthesize-chunk")
+        if stream.failed:
+            return
+        stream.received += len(chunk.text.encode("utf-8", "surrogatepass"))
+        limit = self._services.max_upload_bytes
+        if stream.received > limit:
+            stream.failed = True
+            raise AistackError(
+                ErrorKind.OVERFLOW,
+                f"the streamed text is over the {limit / 2**20:.3g} MB limit; end the stream sooner or raise AISTACK_MAX_UPLOAD_MB",
+                param="synthesize-chunk",
+            )
         for sentence in stream.sentences.add(chunk.text):
             self._jobs.put_nowait(partial(self._say, stream, sentence))
 
