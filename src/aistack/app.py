@@ -20,6 +20,7 @@ from .api.middleware import (
 from .protocol.errors import ERROR_RESPONSES
 from .runtime import Runtime, build_runtime
 from .settings import Settings
+from .wyoming_door import serve_wyoming
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
@@ -29,7 +30,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await held.start()
         try:
-            yield
+            async with serve_wyoming(held):  # the Home Assistant door, when `wyoming.uri` is set
+                yield
         finally:
             await held.stop()
 

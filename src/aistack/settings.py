@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -182,6 +183,39 @@ class LlmSettings(BaseModel):
     read_timeout_s: float = Field(600.0, gt=0, description="Longest wait for the next bytes of a generation.")
 
 
+class WyomingSettings(BaseModel):
+    """The Wyoming protocol server Home Assistant's voice pipeline talks to (docs/wyoming.md)."""
+
+    uri: str | None = Field(
+        None,
+        description="Where to listen, e.g. tcp://0.0.0.0:10300 (port 0 picks a free one, named in the log) or "
+        "unix:///run/aistack/wyoming.sock; unset: no Wyoming server.",
+    )
+    stream_transcripts: bool = Field(
+        True,
+        description="Send each decoded segment as a transcript-chunk (with transcript-start and -stop around the "
+        "transcript, which clients that do not stream still read); off: only the transcript.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _listenable(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        parsed = urlsplit(uri)
+        if parsed.scheme == "tcp":
+            try:
+                port = parsed.port
+            except ValueError:
+                port = None
+            if not parsed.hostname or port is None:
+                raise ValueError(f"wyoming.uri '{uri}' needs a host and a port, e.g. tcp://0.0.0.0:10300")
+            return uri
+        if parsed.scheme == "unix" and parsed.path:
+            return uri
+        raise ValueError(f"wyoming.uri '{uri}' is neither tcp://HOST:PORT nor unix:///PATH")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -213,6 +247,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
+    wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
 
     @property
     def max_upload_bytes(self) -> int:

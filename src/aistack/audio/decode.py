@@ -114,3 +114,48 @@ def _size(stream: BinaryIO) -> int:
 def _describe(error: BaseException) -> str:
     text = getattr(error, "strerror", None) or str(error)
     return text.strip().rstrip(".") or type(error).__name__
+
+
+# Sample widths raw PCM may have: 8-bit is unsigned (as in WAV), 16-, 24- and 32-bit are signed.
+PCM_WIDTHS = (1, 2, 3, 4)
+
+
+def decode_pcm(data: bytes, rate: int, width: int, channels: int, *, param: str = "audio") -> np.ndarray:
+    """Raw little-endian PCM, as a stream protocol declares it (rate, bytes per sample, channels),
+    to 16 kHz mono float32 samples like `decode_audio` gives.
+
+    Raises a 400 `malformed` error naming `param` for a format it cannot read or a cut sample.
+    """
+    if width not in PCM_WIDTHS or channels < 1 or rate < 1:
+        raise malformed(
+            f"the {param} format (rate {rate} Hz, width {width} bytes, {channels} channels) cannot be read; "
+            "send PCM of 1 to 4 bytes per sample, at least one channel and a positive rate",
+            param=param,
+        )
+    frame_bytes = width * channels
+    if len(data) % frame_bytes:
+        raise malformed(
+            f"the {param} holds {len(data)} bytes, not a whole number of {frame_bytes}-byte frames "
+            f"({width} bytes x {channels} channels); send whole samples",
+            param=param,
+        )
+    if not data:
+        raise malformed(f"no audio was sent in {param}; send the samples before it ends", param=param)
+    if width == 1:
+        samples = (np.frombuffer(data, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        triplets = np.frombuffer(data, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        # Shifted into the top three bytes of an int32, so the arithmetic shift back extends the sign.
+        packed = (triplets[:, 0] << 8) | (triplets[:, 1] << 16) | (triplets[:, 2] << 24)
+        samples = (packed >> 8).astype(np.float32) / float(1 << 23)
+    else:
+        dtype = "<i2" if width == 2 else "<i4"
+        samples = np.frombuffer(data, dtype=dtype).astype(np.float32) / float(1 << (8 * width - 1))
+    mono = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else samples
+    if rate == SAMPLE_RATE:
+        return np.ascontiguousarray(mono, dtype=np.float32)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono, dtype=np.float32).reshape(1, -1), format="flt", layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    pieces = [out.to_ndarray().reshape(-1) for out in (*resampler.resample(frame), *resampler.resample(None))]
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, dtype=np.float32)
