@@ -109,16 +109,6 @@ def long_text(minutes: float) -> str:
     return " ".join(TEXT.replace("design team", f"{teams[i % len(teams)]} team {i + 1}") for i in range(tellings))
 
 
-def word_error_rate(reference: list[str], hypothesis: list[str]) -> float:
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref in enumerate(reference, 1):
-        current = [i]
-        for j, hyp in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
-        previous = current
-    return previous[-1] / max(1, len(reference))
-
-
 def words_of(text: str) -> list[str]:
     return "".join(ch.lower() if ch.isalnum() or ch.isspace() else " " for ch in text).split()
 
@@ -144,6 +134,11 @@ def long_file_row(gateway: Gateway, workdir: Path, model: str, minutes: float, r
             texts[name] = response.json()["text"]
             progress(f"long file run {run + 1}/{runs}  {name:<24} {elapsed:7.2f} s")
     whole, chunked = (statistics.median(times[name]) for name in sides)
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from transcripts import word_error_rate
+
     between = word_error_rate(words_of(texts["whole file"]), words_of(texts["chunking_strategy=auto"]))
     print(f"== long file: {clip_s / 60:.1f} min of Piper speech on {model} through the gateway, {runs} runs each, interleaved ==")
     print(table([("path", "median s", "RTF"),

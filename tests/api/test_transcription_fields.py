@@ -9,6 +9,7 @@ import pytest
 from openai import OpenAI
 
 from conftest import GERMAN_SENTENCE, LONG_PARAGRAPH, Gateway, Speech, assert_envelope, words
+from transcripts import word_error_rate as wer
 
 pytestmark = pytest.mark.slow
 
@@ -21,17 +22,6 @@ THREE_MINUTES = " ".join(LONG_PARAGRAPH.replace("baker", trade) for trade in ("b
 def post(gateway: Gateway, path: Path, **fields):
     with gateway.client(timeout=300) as client, open(path, "rb") as audio:
         return client.post("/v1/audio/transcriptions", data=fields, files={"file": (path.name, audio, "audio/wav")})
-
-
-def wer(reference: list[str], hypothesis: list[str]) -> float:
-    """Word error rate: word-level edit distance over the reference's length."""
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref in enumerate(reference, 1):
-        current = [i]
-        for j, hyp in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref != hyp)))
-        previous = current
-    return previous[-1] / max(1, len(reference))
 
 
 @pytest.fixture(scope="module")

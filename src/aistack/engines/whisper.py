@@ -134,17 +134,23 @@ class WhisperTranscriber:
         start, end = piece
         segments, info = self._model.transcribe(
             audio[start:end],
-            language=language,
-            task=options.task,
-            initial_prompt=prompt,
-            hotwords=" ".join(options.keywords) or None,
-            temperature=options.temperature if options.temperature is not None else list(DEFAULT_TEMPERATURES),
-            word_timestamps=options.word_timestamps,
-            beam_size=self._settings.beam_size,
+            **self._decoding(language, prompt, options),
             vad_filter=self._settings.vad_filter,
             max_new_tokens=token_bound((end - start) / SAMPLE_RATE),
         )
         return segments, info
+
+    def _decoding(self, language: str | None, prompt: str | None, options: TranscribeOptions) -> dict[str, Any]:
+        """What every faster-whisper decode of a request is given, piece by piece or batched."""
+        return {
+            "language": language,
+            "task": options.task,
+            "initial_prompt": prompt,
+            "hotwords": " ".join(options.keywords) or None,
+            "temperature": options.temperature if options.temperature is not None else list(DEFAULT_TEMPERATURES),
+            "word_timestamps": options.word_timestamps,
+            "beam_size": self._settings.beam_size,
+        }
 
     def _batched(self, audio: np.ndarray, language: str | None, prompt: str | None, options: TranscribeOptions,
                  duration: float, probability: float | None) -> tuple[TranscriptionInfo, Iterator[Segment]]:
@@ -155,13 +161,7 @@ class WhisperTranscriber:
             self._pipeline = BatchedInferencePipeline(self._model)
         raw, info = self._pipeline.transcribe(
             audio,
-            language=language,
-            task=options.task,
-            initial_prompt=prompt,
-            hotwords=" ".join(options.keywords) or None,
-            temperature=options.temperature if options.temperature is not None else list(DEFAULT_TEMPERATURES),
-            word_timestamps=options.word_timestamps,
-            beam_size=self._settings.beam_size,
+            **self._decoding(language, prompt, options),
             batch_size=self._settings.batch_size,
             vad_filter=True,
             vad_parameters=_vad_parameters(options.chunking, self._settings.vad_threshold),
