@@ -473,3 +473,13 @@ def test_a_unix_socket_door_answers_and_leaves_no_socket_behind(server: WyomingS
     assert door.address == f"unix://{path}"
     assert TINY in {model.name for model in info.asr[0].models}
     assert not path.exists()
+
+
+def test_home_assistants_names_bias_whisper_as_keywords(server: WyomingServer, speech) -> None:
+    # Two made-up names whisper-base spells its own way unless told (tests/api/test_transcription_fields.py).
+    rare = read_wav(speech.piper("rare-names", "Please send the report to Zorbatek before noon. Then call Marvella about the shipment."))
+    plain = transcript_of(transcribe(server.uri, rare, Transcribe(name="whisper-base", language="en")))
+    assert "zorbatek" not in words(plain.text)
+    biased = transcript_of(transcribe(server.uri, rare, Transcribe(name="whisper-base", language="en",
+                                                                   transcript_names=["Zorbatek"], transcript_terms=["Marvella"])))
+    assert {"zorbatek", "marvella"} <= set(words(biased.text)), biased.text

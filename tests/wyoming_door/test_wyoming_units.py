@@ -74,3 +74,11 @@ def test_language_tags_as_home_assistant_sends_them() -> None:
     with pytest.raises(AistackError) as refused:
         language_hint("klingon")
     assert refused.value.kind == ErrorKind.MALFORMED
+
+
+def test_home_assistants_names_and_terms_become_keywords_where_they_can() -> None:
+    from aistack.wyoming_door.listening import usable_keywords
+
+    assert usable_keywords(["Living Room", "Kitchen"], ["Kitchen", "thermostat"]) == ("Living Room", "Kitchen", "thermostat")
+    assert usable_keywords(None, ["<b>bold</b>", "two\nlines", " ", "lamp"]) == ("lamp",)
+    assert usable_keywords(None, None) == ()

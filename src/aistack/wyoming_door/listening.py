@@ -15,6 +15,7 @@ from ..audio.formats import join_text
 from ..engines.base import TranscribeOptions, TranscriptionInfo
 from ..errors import AistackError, ErrorKind, malformed
 from ..inventory import AUTO_ID
+from ..protocol.transcription import MAX_KEYWORDS
 from ..scheduler import Lease
 from ..services.transcription import TranscriptionService
 from .languages import language_hint
@@ -30,6 +31,8 @@ class Listening:
 
     model: str = AUTO_ID
     language: str | None = None
+    # Home Assistant's names and terms that should bias recognition: keywords for a model that takes them.
+    keywords: tuple[str, ...] = ()
     audio_format: AudioFormat | None = None
     audio: bytearray = field(default_factory=bytearray)
     # Set once the request was refused (an error event is on its way): the rest of its audio is dropped.
@@ -55,6 +58,12 @@ class Listening:
         self.audio += data
 
 
+def usable_keywords(*lists: list[str] | None) -> tuple[str, ...]:
+    """The names and terms a client sent that can be keywords (words, not markup or several lines)."""
+    kept = [k.strip() for names in lists for k in names or () if k.strip() and not any(ch in k for ch in "<>\r\n")]
+    return tuple(dict.fromkeys(kept))[:MAX_KEYWORDS]
+
+
 def _describe(audio_format: AudioFormat) -> str:
     return f"{audio_format.rate} Hz, {audio_format.width} bytes, {audio_format.channels} channel(s)"
 
@@ -75,10 +84,12 @@ async def transcribe(service: TranscriptionService, request: Listening, stream: 
     request.audio.clear()
     leases: list[Lease] = []
     try:
+        card, _ = await service.route_by_detection(request.model, card, language, (), "transcribe", (), audio, leases.append)
+        keywords = request.keywords if "keywords" in card.asr_features else ()
         job = await service.start(card, on_lease=leases.append)
         pieces: list[str] = []
         started = False
-        async with aclosing(service.run(job, audio, TranscribeOptions(language, "transcribe"))) as items:
+        async with aclosing(service.run(job, audio, TranscribeOptions(language, "transcribe", keywords=keywords))) as items:
             async for item in items:
                 if isinstance(item, TranscriptionInfo):
                     language = item.language

@@ -31,7 +31,7 @@ from ..services.models import ModelsService
 from ..services.speech import SpeechPlan, SpeechService
 from ..services.transcription import TranscriptionService
 from .describe import describe
-from .listening import Listening, transcribe
+from .listening import Listening, transcribe, usable_keywords
 from .sentences import SentenceBuffer
 from .speaking import plan_for, speak
 
@@ -140,7 +140,8 @@ class WyomingSession(AsyncEventHandler):
         asked, self._transcribe = self._transcribe, None
         if asked is None:
             return Listening()
-        return Listening(model=asked.name or AUTO_ID, language=asked.language)
+        return Listening(model=asked.name or AUTO_ID, language=asked.language,
+                         keywords=usable_keywords(asked.transcript_names, asked.transcript_terms))
 
     def _on_audio(self, chunk: AudioChunk) -> None:
         if self._listening is None:  # no audio-start: the chunk's own format is the stream's
