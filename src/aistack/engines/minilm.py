@@ -56,8 +56,8 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     mean = x.mean(axis=-1, keepdims=True)
     centred = x - mean
     variance = (centred * centred).mean(axis=-1, keepdims=True)
-    normalised: np.ndarray = centred / np.sqrt(variance + np.float32(eps))
-    return normalised * weight + bias
+    scaled: np.ndarray = centred / np.sqrt(variance + np.float32(eps)) * weight + bias
+    return scaled
 
 
 class _Layer:
