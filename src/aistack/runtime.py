@@ -11,15 +11,23 @@ from .engines.base import (
     ChatUpstream,
     EmbeddingBackend,
     InProcessBackend,
+    ManagedBackend,
     Residency,
     ResidencyState,
     SpeechUpstream,
     TranscriptionBackend,
 )
-from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
+from .engines.llama_server import (
+    GGUF_SETTING,
+    PACKAGED_DEFAULT_SETTING,
+    PACKAGED_FIX,
+    EmbeddedLlamaServer,
+    describe_exit,
+    packaged_gguf,
+)
 from .engines.minilm import MiniLmBackend
 from .engines.ollama import OllamaBackend
-from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
+from .engines.openai_compatible import OnDemandServerBackend, OpenAICompatibleBackend, SupervisedServerBackend
 from .engines.piper import PiperBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
 from .engines.sherpa import SherpaBackend
@@ -50,7 +58,8 @@ class Runtime:
     settings: Settings
     resolver: WeightResolver
     whisper: WhisperBackend
-    backends: dict[str, InProcessBackend]
+    # Every engine the model lifecycle loads and unloads: in-process ones, and servers started on demand.
+    backends: dict[str, ManagedBackend]
     inventory: Inventory
     scheduler: Scheduler
     lifecycle: ModelLifecycle
@@ -61,7 +70,7 @@ class Runtime:
     llm: LlmProxy
     model_admin: ModelAdmin
     models: ModelsService
-    # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
+    # The llama.cpp server aistack runs itself: on `llm.embedded.gguf`, else on the packaged SmolLM2.
     embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -73,7 +82,7 @@ class Runtime:
         """On the serving loop: the keep-alive reaper, each device's queue (so /ready lists it from the
         start), and the pinned and preloaded models (in the background)."""
         self._background.append(asyncio.create_task(self.lifecycle.run_reaper(), name="aistack-reaper"))
-        if self.embedded_llm is not None:
+        if self.embedded_llm is not None and not self.embedded_llm.on_demand:
             await self.embedded_llm.start()  # returns at once; its models appear once it is healthy
         snapshot = await self.inventory.snapshot()
         in_process = [(self.backends[c.provider], c) for c in snapshot.cards if c.provider in self.backends]
@@ -125,9 +134,15 @@ def build_runtime(settings: Settings) -> Runtime:
     backends: tuple[InProcessBackend, ...] = (*transcribers, piper, *embedders)
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
-    by_provider: dict[str, InProcessBackend] = {b.provider: b for b in backends}
-    embedded = EmbeddedLlamaServer(settings.llm.embedded, log_dir=settings.cache_dir / "logs") if settings.llm.embedded.gguf else None
+    by_provider: dict[str, ManagedBackend] = {b.provider: b for b in backends}
+    embedded_settings = settings.llm.embedded
+    packaged = packaged_gguf() if embedded_settings.gguf is None and embedded_settings.packaged_default else None
+    embedded = None
+    if embedded_settings.gguf is not None or packaged is not None:
+        embedded = EmbeddedLlamaServer(embedded_settings, log_dir=settings.cache_dir / "logs", packaged=packaged)
     chat = chat_upstreams(settings, embedded)
+    # A server started on demand is loaded and unloaded by the lifecycle, like a model in this process.
+    by_provider.update({p: u for p, u in chat.items() if isinstance(u, OnDemandServerBackend)})
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
@@ -142,7 +157,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     speech = SpeechService(settings.tts, inventory, {piper.provider: piper}, upstreams, scheduler, lifecycle, gate, events)
     embeddings = EmbeddingService(settings.embeddings, {b.provider: b for b in embedders}, scheduler, lifecycle)
-    llm = LlmProxy(settings.llm, inventory, chat, gate, embeddings)
+    llm = LlmProxy(settings.llm, inventory, chat, gate, embeddings, lifecycle)
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)
     models = ModelsService(inventory, lifecycle, scheduler, embedded.describe if embedded is not None else None)
@@ -166,9 +181,25 @@ def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> 
             upstream.name, upstream.base_url, upstream.api_key, settings.probe_timeout_s
         )
     if embedded is not None:
-        found[embedded.provider] = embedded_upstream(embedded, settings.probe_timeout_s)
+        found[embedded.provider] = (on_demand_upstream(embedded, settings.probe_timeout_s) if embedded.on_demand
+                                    else embedded_upstream(embedded, settings.probe_timeout_s))
     preferred = [name for name in settings.llm.priority if name in found]
     return {name: found[name] for name in [*preferred, *(n for n in found if n not in preferred)]}
+
+
+def _not_running(server: EmbeddedLlamaServer) -> str:
+    detail = server.error or (f"last exit: {describe_exit(server.last_exit)}" if server.last_exit is not None else "")
+    return f"the embedded llama.cpp server is {server.state}" + (f" ({detail})" if detail else "")
+
+
+def on_demand_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> OnDemandServerBackend:
+    """The embedded server started on first use and stopped by the model lifecycle (the packaged default)."""
+    fix = f"send the request again (it starts the server), or read its log: {server.log_path}"
+    problem_fix = (f"`{PACKAGED_FIX}`, set {GGUF_SETTING}=/path/to/model.gguf, or turn the packaged default off: "
+                   f"{PACKAGED_DEFAULT_SETTING}=false" if server.packaged else f"fix {GGUF_SETTING}")
+    return OnDemandServerBackend(server.provider, server, weights=server.gguf, start_timeout_s=server.settings.start_timeout_s,
+                                 probe_timeout_s=probe_timeout_s, start_fix=fix, problem_fix=problem_fix,
+                                 not_running=lambda: _not_running(server))
 
 
 def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> SupervisedServerBackend:
@@ -176,8 +207,7 @@ def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> Su
     holds its model in memory while it runs."""
 
     def not_running() -> str:
-        detail = server.error or (f"last exit: {describe_exit(server.last_exit)}" if server.last_exit is not None else "")
-        return f"the embedded llama.cpp server is {server.state}" + (f" ({detail})" if detail else "")
+        return _not_running(server)
 
     def residency() -> dict[str, Residency]:
         # llama.cpp maps the whole GGUF at start and keeps it: its size is the model's footprint.

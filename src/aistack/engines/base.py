@@ -335,5 +335,34 @@ class EmbeddingBackend(Backend[Embedder], Protocol):
     """An in-process embedding engine (all-MiniLM-L6-v2 on numpy)."""
 
 
-# What the model lifecycle loads and unloads, whatever the capability.
+# What the model lifecycle loads and unloads in this process, whatever the capability.
 InProcessBackend = TranscriptionBackend | SpeechBackend | EmbeddingBackend
+
+
+@runtime_checkable
+class ServerBackend(Protocol):
+    """An engine whose model lives in a server process that aistack starts on first use (the embedded
+    llama.cpp server on its packaged default): the model lifecycle "loads" it by starting the server and
+    "unloads" it by stopping the process, so keep-alive, budget, pins and /admin/models apply as to a model
+    run in this process. Everything here runs on the event loop."""
+
+    provider: str
+    capability: Capability
+
+    def probe(self) -> BackendStatus: ...
+
+    def device(self, card: ModelCard) -> str: ...
+
+    def footprint(self, card: ModelCard) -> int: ...
+
+    async def start_serving(self, card: ModelCard) -> LoadedModel:
+        """Start the server and wait until it is healthy; AistackError (network) when it does not become so."""
+        ...
+
+    async def stop_serving(self, model: LoadedModel) -> None:
+        """Stop the server process (its memory goes back to the system with it)."""
+        ...
+
+
+# Whatever the model lifecycle loads and unloads.
+ManagedBackend = InProcessBackend | ServerBackend

@@ -27,11 +27,12 @@ from typing import Any
 import httpx
 
 from .. import sse
-from ..engines.base import BackendStatus, ChatUpstream, ClosableAsyncIterator, ModelCard
+from ..engines.base import BackendStatus, ChatUpstream, ClosableAsyncIterator, ModelCard, ServerBackend
 from ..engines.http_upstream import RELAY_POOL, PooledClient, request_timeout, transport_error, upstream_status_kind
 from ..engines.upstream_errors import UpstreamRefusal, read_refusal
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
+from ..lifecycle import ModelLifecycle
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import LlmSettings
 from .embeddings import EmbeddingService
@@ -73,12 +74,15 @@ class UpstreamAnswer:
 
 class LlmProxy:
     def __init__(self, settings: LlmSettings, inventory: Inventory, upstreams: Mapping[str, ChatUpstream],
-                 gate: UpstreamGate, embeddings: EmbeddingService | None = None) -> None:
+                 gate: UpstreamGate, embeddings: EmbeddingService | None = None,
+                 lifecycle: ModelLifecycle | None = None) -> None:
+        """`lifecycle` starts and stops the upstreams that run on demand (`ServerBackend`) around their requests."""
         self._settings = settings
         self._inventory = inventory
         self._upstreams = upstreams
         self._gate = gate
         self._embeddings = embeddings
+        self._lifecycle = lifecycle
         self._clients: dict[str, PooledClient] = {}
 
     async def relay(self, endpoint: str, body: bytes) -> UpstreamAnswer:
@@ -208,15 +212,23 @@ class LlmProxy:
     # -- talking to it ----------------------------------------------------------------------------
 
     async def _send(self, upstream: ChatUpstream, card: ModelCard, endpoint: str, body: bytes) -> UpstreamAnswer:
-        root = upstream.root_url()
-        if root is None:
-            missing = upstream.unreachable("it is not running")
-            raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+        held = AsyncExitStack()
+        try:
+            if isinstance(upstream, ServerBackend) and self._lifecycle is not None:
+                # Started on first use (the request waits until it is healthy); in use until the answer ends.
+                await self._lifecycle.checkout(card)
+                held.callback(self._lifecycle.checkin, card.id)
+            root = upstream.root_url()
+            if root is None:
+                missing = upstream.unreachable("it is not running")
+                raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+            await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
+        except BaseException:
+            await held.aclose()
+            raise
         client = self._client(upstream.provider)
         headers = {"content-type": "application/json", "accept-encoding": "identity", **upstream.auth_headers()}
         request = client.build_request("POST", f"{root}/{endpoint}", content=body, headers=headers)
-        held = AsyncExitStack()
-        await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
         try:
             response = await client.send(request, stream=True)
         except BaseException as error:

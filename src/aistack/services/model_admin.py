@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from ..engines.base import Backend, ModelCard, Residency, ResidencyControl
+from ..engines.base import ManagedBackend, ModelCard, Residency, ResidencyControl
 from ..errors import AistackError, ClientGone, ErrorKind, malformed
 from ..inventory import Inventory, Snapshot
 from ..lifecycle import ModelLifecycle, ResidentModel
@@ -49,7 +49,7 @@ class ModelAdmin:
         self,
         inventory: Inventory,
         lifecycle: ModelLifecycle,
-        in_process: Mapping[str, Backend[Any]],
+        in_process: Mapping[str, ManagedBackend],
         upstreams: Mapping[str, object],
         pinned: Collection[str],
     ) -> None:
