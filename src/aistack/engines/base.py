@@ -6,12 +6,13 @@ business, and where jobs run is the scheduler's. Each in-process capability has 
 a `TranscriptionBackend` loads a `Transcriber` (a blocking call that returns what it detected and
 a lazy iterator of segments, so the caller decides where and how fast decoding runs and can stop
 it between segments); a `SpeechBackend` loads a `Synthesizer` (one chunk per sentence) and, like
-every text-to-speech engine, tells about its voices (`VoiceCatalog`).
+every text-to-speech engine, tells about its voices (`VoiceCatalog`); an `EmbeddingBackend` loads
+an `Embedder` (a batch of inputs to a batch of vectors).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -215,6 +216,24 @@ class Synthesizer(LoadedModel, Protocol):
         ...
 
 
+@runtime_checkable
+class Embedder(LoadedModel, Protocol):
+    """A loaded in-process embedding model: text to its tokenizer's ids, ids to unit vectors."""
+
+    dimensions: int
+    # The most tokens it reads per input, its special tokens included; longer inputs are cut.
+    max_tokens: int
+    vocabulary_size: int
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Blocking: each text's token ids, without the special tokens that `embed` adds."""
+        ...
+
+    def embed(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, int]:
+        """Blocking: one float32 row per id sequence (float32 [n, dimensions]), and the tokens it read."""
+        ...
+
+
 class VoiceCatalog(Protocol):
     """What every text-to-speech engine, in-process or upstream, tells about its voices and pace."""
 
@@ -352,5 +371,38 @@ class SpeechBackend(Backend[Synthesizer], VoiceCatalog, Protocol):
     """An in-process text-to-speech engine (Piper): it loads a synthesizer and tells about its voices."""
 
 
-# What the model lifecycle loads and unloads, whatever the capability.
-InProcessBackend = TranscriptionBackend | SpeechBackend
+class EmbeddingBackend(Backend[Embedder], Protocol):
+    """An in-process embedding engine (all-MiniLM-L6-v2 on numpy)."""
+
+
+# What the model lifecycle loads and unloads in this process, whatever the capability.
+InProcessBackend = TranscriptionBackend | SpeechBackend | EmbeddingBackend
+
+
+@runtime_checkable
+class ServerBackend(Protocol):
+    """An engine whose model lives in a server process that aistack starts on first use (the embedded
+    llama.cpp server on its packaged default): the model lifecycle "loads" it by starting the server and
+    "unloads" it by stopping the process, so keep-alive, budget, pins and /admin/models apply as to a model
+    run in this process. Everything here runs on the event loop."""
+
+    provider: str
+    capability: Capability
+
+    def probe(self) -> BackendStatus: ...
+
+    def device(self, card: ModelCard) -> str: ...
+
+    def footprint(self, card: ModelCard) -> int: ...
+
+    async def start_serving(self, card: ModelCard) -> LoadedModel:
+        """Start the server and wait until it is healthy; AistackError (network) when it does not become so."""
+        ...
+
+    async def stop_serving(self, model: LoadedModel) -> None:
+        """Stop the server process (its memory goes back to the system with it)."""
+        ...
+
+
+# Whatever the model lifecycle loads and unloads.
+ManagedBackend = InProcessBackend | ServerBackend

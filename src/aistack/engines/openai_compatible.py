@@ -2,7 +2,7 @@
 
 Visible while its `GET /v1/models` answers within the probe timeout; every model it lists is a
 chat/completions model. The embedded llama.cpp server is one of these whose address is known only
-while it runs.
+while it runs; on demand (its packaged default), the model lifecycle starts and stops it.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import httpx
 
 from ..errors import AistackError, ErrorKind
-from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, ModelCard, Residency, Unavailable
+from .base import PROBE_BUDGET_SHARE, BackendStatus, Capability, LoadedModel, ModelCard, Residency, Unavailable
 from .http_upstream import ProbeClient, bearer_headers, describe
 
 log = logging.getLogger("aistack.engines.openai_compatible")
@@ -143,3 +146,99 @@ def _describe(error: httpx.HTTPError, url: str) -> str:
     if isinstance(error, httpx.TimeoutException):
         return f"{url} did not answer in time"
     return f"{url}: {describe(error)}"
+
+
+class SupervisedServer(Protocol):
+    """What an on-demand backend needs of the server it runs (the embedded llama.cpp server)."""
+
+    model_id: str
+    error: str | None
+    log_path: Path
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def base_url(self) -> str | None: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def problem(self) -> str | None: ...
+
+    async def start(self) -> None: ...
+
+    async def wait_ready(self, timeout: float) -> bool: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class RunningServer:
+    """What the model lifecycle holds for a model served by a server process: the process itself."""
+
+    card: ModelCard
+    pid: int | None
+
+    def close(self) -> None:
+        """Nothing in this process to free: stopping the server frees its memory."""
+
+
+class OnDemandServerBackend(OpenAICompatibleBackend):
+    """A server aistack runs itself, started when its model is first used and stopped when the model
+    lifecycle unloads the model (keep-alive, budget, /admin/models), like a model run in this process.
+
+    Its model is listed while the server is stopped (it can be started), unless it cannot start at all
+    (the weights or the library are missing), which the listing then says with the fix.
+    """
+
+    def __init__(self, provider: str, server: SupervisedServer, *, weights: Path | None, start_timeout_s: float,
+                 probe_timeout_s: float, start_fix: str, problem_fix: str, not_running: Callable[[], str]) -> None:
+        """`problem_fix`: what to do when the server cannot start at all (its weights or library missing)."""
+        super().__init__(provider, lambda: server.base_url, None, probe_timeout_s, start_fix, not_running)
+        self._server = server
+        self._weights = weights
+        self._start_timeout_s = start_timeout_s
+        self._problem_fix = problem_fix
+        self._why_not_running = not_running
+
+    def probe(self) -> BackendStatus:
+        if self._server.state == "running":
+            return super().probe()
+        problem = self._server.problem()
+        if problem is not None:
+            missing = Unavailable(self._server.model_id, problem, self._problem_fix)
+            return BackendStatus(self.provider, "llm", unavailable=(missing,))
+        card = ModelCard(id=self._server.model_id, provider=self.provider, capabilities=("llm",), family=self.provider,
+                         supports_streaming=True, created=self._created())
+        return BackendStatus(self.provider, "llm", cards=(card,))
+
+    def _created(self) -> int:
+        try:
+            return int(self._weights.stat().st_mtime) if self._weights is not None else int(time.time())
+        except OSError:
+            return int(time.time())
+
+    def device(self, card: ModelCard) -> str:
+        return "cpu"
+
+    def footprint(self, card: ModelCard) -> int:
+        # llama.cpp maps the whole GGUF at start and keeps it: its size is the model's footprint.
+        try:
+            return self._weights.stat().st_size if self._weights is not None else 0
+        except OSError:
+            return 0
+
+    async def start_serving(self, card: ModelCard) -> LoadedModel:
+        log.info("starting %s for %s (first use since it was stopped); requests for it wait until it is healthy",
+                 self.provider, card.id)
+        await self._server.start()
+        if not await self._server.wait_ready(self._start_timeout_s):
+            why = self._why_not_running()
+            # Not left retrying in the background: the next request starts it afresh.
+            await self._server.stop()
+            raise AistackError(ErrorKind.NETWORK, f"{card.id} could not be started: {why}", provider=self.provider)
+        return RunningServer(card, self._server.pid)
+
+    async def stop_serving(self, model: LoadedModel) -> None:
+        await self._server.stop()

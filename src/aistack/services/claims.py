@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..engines.base import InProcessBackend, ModelCard, SpeechBackend, Synthesizer, Transcriber, TranscriptionBackend
+from ..engines.base import (
+    Embedder,
+    EmbeddingBackend,
+    InProcessBackend,
+    LoadedModel,
+    ModelCard,
+    SpeechBackend,
+    Synthesizer,
+    Transcriber,
+    TranscriptionBackend,
+)
 from ..errors import AistackError, ErrorKind
 from ..lifecycle import ModelLifecycle
 from ..scheduler import Lease, Scheduler
@@ -40,6 +50,21 @@ async def claim_synthesizer(
     raise _not_loaded_as(card, "a model that synthesizes speech")
 
 
+async def claim_embedder(
+    scheduler: Scheduler,
+    lifecycle: ModelLifecycle,
+    backend: EmbeddingBackend,
+    card: ModelCard,
+    on_lease: Callable[[Lease], None],
+) -> tuple[Lease, Embedder]:
+    """A slot and the loaded embedding model (see `claim`)."""
+    lease, model = await claim(scheduler, lifecycle, backend, card, "embeddings", on_lease)
+    if isinstance(model, Embedder):
+        return lease, model
+    lease.release()
+    raise _not_loaded_as(card, "a model that embeds")
+
+
 async def claim(
     scheduler: Scheduler,
     lifecycle: ModelLifecycle,
@@ -47,7 +72,7 @@ async def claim(
     card: ModelCard,
     capability: str,
     on_lease: Callable[[Lease], None],
-) -> tuple[Lease, Transcriber | Synthesizer]:
+) -> tuple[Lease, LoadedModel]:
     """Wait for a slot (503 busy when there is none soon enough), then for the model to be loaded.
 
     `on_lease` receives the slot as soon as it is granted, so the caller can make sure it is given

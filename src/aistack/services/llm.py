@@ -1,5 +1,8 @@
 """Relaying /v1/chat/completions, /v1/completions and /v1/embeddings to the upstream that owns the model.
 
+An embedding model run in this process (`EmbeddingService.serves` it) is answered here instead,
+in OpenAI's shape; every other model goes to its upstream.
+
 The body is read once (within the upload limit) and parsed only to find its `model`; it goes out
 as the same bytes unless the model had to be renamed for the upstream (`provider/id`) or the
 upstream does not know OpenAI's `developer` role (its messages go as `system`). An upstream's
@@ -24,13 +27,15 @@ from typing import Any
 import httpx
 
 from .. import sse
-from ..engines.base import ChatUpstream, ClosableAsyncIterator, ModelCard
+from ..engines.base import BackendStatus, ChatUpstream, ClosableAsyncIterator, ModelCard, ServerBackend
 from ..engines.http_upstream import RELAY_POOL, PooledClient, request_timeout, transport_error, upstream_status_kind
 from ..engines.upstream_errors import UpstreamRefusal, read_refusal
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
+from ..lifecycle import ModelLifecycle
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import LlmSettings
+from .embeddings import EmbeddingService
 
 log = logging.getLogger("aistack.llm")
 
@@ -69,11 +74,15 @@ class UpstreamAnswer:
 
 class LlmProxy:
     def __init__(self, settings: LlmSettings, inventory: Inventory, upstreams: Mapping[str, ChatUpstream],
-                 gate: UpstreamGate) -> None:
+                 gate: UpstreamGate, embeddings: EmbeddingService | None = None,
+                 lifecycle: ModelLifecycle | None = None) -> None:
+        """`lifecycle` starts and stops the upstreams that run on demand (`ServerBackend`) around their requests."""
         self._settings = settings
         self._inventory = inventory
         self._upstreams = upstreams
         self._gate = gate
+        self._embeddings = embeddings
+        self._lifecycle = lifecycle
         self._clients: dict[str, PooledClient] = {}
 
     async def relay(self, endpoint: str, body: bytes) -> UpstreamAnswer:
@@ -86,6 +95,10 @@ class LlmProxy:
             raise malformed("the field 'model' must be a string", param="model")
         capability = ENDPOINT_CAPABILITY[endpoint]
         card = await self._resolve(model, capability)
+        if self._embeddings is not None and self._embeddings.serves(card):
+            answer = await self._embeddings.create(card, payload)
+            return UpstreamAnswer(card, 200, {"content-type": "application/json"}, _whole(json.dumps(answer).encode()),
+                                  False, AsyncExitStack())
         upstream = self._upstreams[card.provider]
         rewritten = payload
         if model.startswith(f"{card.provider}/") and card.provider_model_id != model:
@@ -121,7 +134,7 @@ class LlmProxy:
             self._inventory.invalidate()
             snapshot = await self._inventory.snapshot()
             card = self._find(snapshot, model)
-        if card is not None and card.provider in self._upstreams:
+        if card is not None and self._serves(card):
             if capability == "llm" and "llm" not in card.capabilities:
                 raise malformed(f"model '{model}' makes embeddings only ({card.provider} says so): send it to "
                                 f"/v1/embeddings, or pick a model that generates text: "
@@ -131,6 +144,13 @@ class LlmProxy:
             raise malformed(f"model '{model}' is not an LLM ({', '.join(card.capabilities)}); pick one from GET /v1/models",
                             param="model")
         raise self._unknown(model, capability, snapshot)
+
+    def _serves(self, card: ModelCard) -> bool:
+        return card.provider in self._upstreams or (self._embeddings is not None and self._embeddings.serves(card))
+
+    def _answers_for(self, status: BackendStatus, capability: str) -> bool:
+        """Whether `status` tells about servers for `capability`: every upstream, and the local engines that do it."""
+        return status.provider in self._upstreams or any(self._serves(c) and capability in c.capabilities for c in status.cards)
 
     def _find(self, snapshot: Snapshot, model: str) -> ModelCard | None:
         for candidate in self._canonical_ids(model):
@@ -147,7 +167,7 @@ class LlmProxy:
         return ids
 
     def _models_that(self, capability: str, snapshot: Snapshot) -> str:
-        return ", ".join(c.id for c in snapshot.cards if c.provider in self._upstreams and capability in c.capabilities)
+        return ", ".join(c.id for c in snapshot.cards if self._serves(c) and capability in c.capabilities)
 
     async def _does_not_embed(self, card: ModelCard, refusal: UpstreamRefusal) -> AistackError:
         snapshot = await self._inventory.snapshot(allow_stale=True)
@@ -164,8 +184,8 @@ class LlmProxy:
                          param="model", provider=card.provider)
 
     def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
-        llm_cards = [c for c in snapshot.cards if c.provider in self._upstreams]
-        statuses = [s for s in snapshot.statuses if s.provider in self._upstreams]
+        llm_cards = [c for c in snapshot.cards if self._serves(c)]
+        statuses = [s for s in snapshot.statuses if self._answers_for(s, capability)]
         names = self._canonical_ids(model)
         for status in statuses:  # a server that served this model is down now: say so, and how to start it
             for missing in status.unavailable:
@@ -182,7 +202,8 @@ class LlmProxy:
                 f"no LLM server is running, so model '{model}' cannot be served: {reasons}",
                 provider=down[0].subject if len(down) == 1 else "aistack",
             )
-        fixes = [fix for provider in reachable if (fix := self._upstreams[provider].missing_model_fix(model))]
+        fixes = [fix for provider in reachable
+                 if provider in self._upstreams and (fix := self._upstreams[provider].missing_model_fix(model))]
         hint = f"; to get it: {' or '.join(f'`{fix}`' for fix in fixes)}" if fixes else ""
         unreachable = [s.provider for s in statuses if s.unavailable]
         also = f" ({', '.join(unreachable)} not reachable now)" if unreachable else ""
@@ -191,15 +212,23 @@ class LlmProxy:
     # -- talking to it ----------------------------------------------------------------------------
 
     async def _send(self, upstream: ChatUpstream, card: ModelCard, endpoint: str, body: bytes) -> UpstreamAnswer:
-        root = upstream.root_url()
-        if root is None:
-            missing = upstream.unreachable("it is not running")
-            raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+        held = AsyncExitStack()
+        try:
+            if isinstance(upstream, ServerBackend) and self._lifecycle is not None:
+                # Started on first use (the request waits until it is healthy); in use until the answer ends.
+                await self._lifecycle.checkout(card)
+                held.callback(self._lifecycle.checkin, card.id)
+            root = upstream.root_url()
+            if root is None:
+                missing = upstream.unreachable("it is not running")
+                raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+            await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
+        except BaseException:
+            await held.aclose()
+            raise
         client = self._client(upstream.provider)
         headers = {"content-type": "application/json", "accept-encoding": "identity", **upstream.auth_headers()}
         request = client.build_request("POST", f"{root}/{endpoint}", content=body, headers=headers)
-        held = AsyncExitStack()
-        await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
         try:
             response = await client.send(request, stream=True)
         except BaseException as error:
@@ -301,6 +330,10 @@ class UpstreamRefused(Exception):
         self.status = status
         self.refusal = refusal
         self.error = error
+
+
+async def _whole(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
 
 
 def _parse(body: bytes) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from .. import __version__
-from ..engines.base import Backend, ModelCard, Residency, ResidencyControl
+from ..engines.base import ManagedBackend, ModelCard, Residency, ResidencyControl
 from ..errors import AistackError, ClientGone, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
 from ..lifecycle import ModelLifecycle, ResidentModel
@@ -34,7 +34,7 @@ class ModelsService:
         inventory: Inventory,
         lifecycle: ModelLifecycle,
         scheduler: Scheduler,
-        in_process: Mapping[str, Backend[Any]],
+        in_process: Mapping[str, ManagedBackend],
         upstreams: Mapping[str, object],
         pinned: Collection[str],
         describe_embedded_llm: Callable[[], dict[str, Any]] | None = None,
