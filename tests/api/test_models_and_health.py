@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aistack.languages import WHISPER_LANGUAGES
-from conftest import Gateway
+from conftest import Gateway, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,8 @@ def test_request_id_is_echoed(gateway: Gateway) -> None:
     with gateway.client() as client:
         response = client.get("/health", headers={"X-Request-Id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42"
-    assert "trace-42 GET /health 200" in gateway.log()
+    # The access line is written once the response has gone out, so the client can be first.
+    assert wait_until(lambda: "trace-42 GET /health 200" in gateway.log(), timeout=30), gateway.log()[-2000:]
 
 
 def test_api_key_when_configured(make_inprocess_gateway) -> None:
