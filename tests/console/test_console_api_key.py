@@ -35,8 +35,10 @@ def test_the_console_asks_for_the_key_once_and_then_works(make_inprocess_gateway
         page.get_by_role("button", name="Use this key").click()
         expect(page.locator("#key-refused")).to_be_visible()  # refused: asked again, saying so
         expect(dialog).to_be_visible()
-        page.get_by_label("Key", exact=True).fill(KEY)
-        page.get_by_role("button", name="Use this key").click()
+        # By keyboard: the question has the focus, Enter answers it.
+        expect(page.get_by_label("Key", exact=True)).to_be_focused()
+        page.keyboard.type(KEY)
+        page.keyboard.press("Enter")
         expect(dialog).to_be_hidden()
         expect(page.locator('#models-table tr[data-model="whisper-tiny.en"] td.state')).to_have_text("unloaded", timeout=30_000)
         assert page.evaluate("sessionStorage.getItem('aistack.apiKey')") == KEY

@@ -39,8 +39,21 @@ def console_gateway(models_cache: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def browser(english_wav: Path) -> Iterator[object]:
-    with chromium(fake_microphone=english_wav) as running:
+def microphone_wav(english_wav: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Piper sentence and then 2 s of silence: Chromium's fake microphone loops it, and the pause
+    lets a voice-activity detector end each turn."""
+    with wave.open(str(english_wav)) as source:
+        params, frames = source.getparams(), source.readframes(source.getnframes())
+    path = tmp_path_factory.mktemp("microphone") / "sentence-then-silence.wav"
+    with wave.open(str(path), "wb") as padded:
+        padded.setparams(params)
+        padded.writeframes(frames + b"\0" * (2 * params.framerate * params.sampwidth * params.nchannels))
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser(microphone_wav: Path) -> Iterator[object]:
+    with chromium(fake_microphone=microphone_wav) as running:
         yield running
 
 
@@ -61,6 +74,13 @@ def test_models_tab_lists_models_and_unloads_and_loads_one(console_gateway: Gate
         assert rows["whisper-tiny.en"]["state"] == "loaded"
         screenshot(page, "models")
         row.get_by_role("button", name="Unload whisper-tiny.en").click()
+        expect(state).to_have_text("unloaded", timeout=TIMEOUT_MS)
+        # A change made elsewhere shows up by itself, without touching the page.
+        with console_gateway.client() as client:
+            assert client.post("/admin/models/whisper-tiny.en/load").json()["state"] == "loaded"
+        expect(state).to_have_text("loaded", timeout=TIMEOUT_MS)
+        with console_gateway.client() as client:
+            assert client.post("/admin/models/whisper-tiny.en/unload").json()["state"] == "unloaded"
         expect(state).to_have_text("unloaded", timeout=TIMEOUT_MS)
 
 
@@ -96,8 +116,8 @@ def test_transcribe_tab_records_the_microphone_and_transcribes_it(console_gatewa
         expect(page.locator('#transcribe-model option[value="whisper-tiny.en"]')).to_have_count(1, timeout=TIMEOUT_MS)
         page.select_option("#transcribe-model", "whisper-tiny.en")
         page.get_by_role("button", name="Record from microphone").click()
-        # Chromium's fake microphone loops the Piper sentence (about 4 s): two rounds hold one whole.
-        page.wait_for_function("Number(document.getElementById('transcribe-recorded').dataset.seconds) >= 9", timeout=TIMEOUT_MS)
+        # Chromium's fake microphone loops the Piper sentence and its pause (about 6 s): two rounds hold one whole.
+        page.wait_for_function("Number(document.getElementById('transcribe-recorded').dataset.seconds) >= 12", timeout=TIMEOUT_MS)
         page.get_by_role("button", name="Stop recording").click()
         expect(page.locator("#transcribe-recorded")).to_have_attribute("data-state", "recorded")
         page.get_by_role("button", name="Transcribe", exact=True).click()

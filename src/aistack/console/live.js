@@ -5,6 +5,7 @@ import { apiKey, element, fillSelect, models, showError } from "./api.js";
 
 const RATE = 24000;
 const SEND_EVERY_SAMPLES = RATE / 10; // 100 ms of audio per event
+const FINISH_TIMEOUT_MS = 15000;
 const form = document.getElementById("live-form");
 const modelSelect = document.getElementById("live-model");
 const languageSelect = document.getElementById("live-language");
@@ -179,6 +180,9 @@ function stop() {
     // What was said since the last pause is transcribed as one more turn; the socket closes when it arrives.
     socket.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
     setState("finishing the last turn…", "finishing");
+    const finishing = socket;
+    // Nothing left to transcribe gets no last turn: then close anyway.
+    setTimeout(() => { if (finishing.readyState === WebSocket.OPEN) finishing.close(1000); }, FINISH_TIMEOUT_MS);
   } else {
     socket?.close(1000);
   }
