@@ -90,6 +90,9 @@ def test_transcribe_tab_streams_the_words_of_a_piper_wav_and_offers_subtitles(co
 
     with console_page(browser, console_gateway.url, "transcribe") as page:
         expect(page.locator('#transcribe-model option[value="whisper-tiny.en"]')).to_have_count(1, timeout=TIMEOUT_MS)
+        page.select_option("#transcribe-language", "de")  # the picker keeps the models that know the language
+        expect(page.locator('#transcribe-model option[value="whisper-base"]')).to_have_count(1)
+        expect(page.locator('#transcribe-model option[value="whisper-tiny.en"]')).to_have_count(0)
         page.select_option("#transcribe-language", "en")
         page.select_option("#transcribe-model", "whisper-tiny.en")
         page.select_option("#transcribe-format", "stream")
@@ -99,6 +102,7 @@ def test_transcribe_tab_streams_the_words_of_a_piper_wav_and_offers_subtitles(co
         expect(page.locator("#transcribe-state")).to_have_text("done by whisper-tiny.en", timeout=TIMEOUT_MS)
         expect(output).to_contain_text(re.compile(r"quick brown fox", re.IGNORECASE))
         expect(output).to_contain_text(re.compile(r"lazy dog", re.IGNORECASE))
+        assert int(output.get_attribute("data-deltas") or 0) >= 1  # the text came as transcript.text.delta events
         expect(page.locator("#transcribe-error")).to_be_hidden()
         screenshot(page, "transcribe")
         with page.expect_download() as downloaded:

@@ -100,6 +100,7 @@ async function transcribe() {
   body.append("response_format", streaming ? "json" : formatSelect.value);
   if (streaming) body.append("stream", "true");
   output.textContent = "";
+  delete output.dataset.deltas;
   segments = [];
   srtButton.disabled = vttButton.disabled = true;
   showError(errorBox, null);
@@ -111,7 +112,10 @@ async function transcribe() {
     const served = response.headers.get("x-aistack-model");
     if (streaming) {
       for await (const { event, data } of serverEvents(response)) {
-        if (event === "transcript.text.delta") output.textContent += data.delta;
+        if (event === "transcript.text.delta") {
+          output.textContent += data.delta;
+          output.dataset.deltas = String(Number(output.dataset.deltas ?? 0) + 1);
+        }
         else if (event === "transcript.text.segment") segments.push(data);
         else if (event === "transcript.text.done") output.textContent = data.text;
         else if (event === "warning") stateLine.textContent = data.message;
