@@ -226,6 +226,7 @@ def test_status_tab_shows_device_slots_and_the_pages_own_requests(console_gatewa
         page.get_by_role("button", name="Speak", exact=True).click()
         expect(page.locator("audio#speak-audio")).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
         page.get_by_role("tab", name="Status").click()
+        expect(device.locator("td.waits")).to_have_text(re.compile(r"^p50 [\d.]+ ms, p95 [\d.]+ ms, max [\d.]+ ms$"), timeout=TIMEOUT_MS)
         request_row = page.locator("#status-requests tbody tr", has_text="POST /v1/audio/speech")
         expect(request_row).to_contain_text("200")
         expect(request_row).to_contain_text("piper")

@@ -23,10 +23,15 @@ export function hidden() {
   clearInterval(timer);
 }
 
+function milliseconds(seconds) {
+  return `${(seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0)} ms`;
+}
+
+/** The recent slot waits (seconds in /ready) as p50, p95 and max in milliseconds. */
 function waits(value) {
   if (value == null) return "none yet";
-  if (typeof value === "number") return `${(value * 1000).toFixed(0)} ms`;
-  return Object.entries(value).map(([k, v]) => `${k} ${typeof v === "number" ? (v < 100 ? v.toFixed(3) : v) : JSON.stringify(v)}`).join(", ");
+  if (typeof value === "number") return milliseconds(value);
+  return Object.entries(value).map(([name, seconds]) => `${name} ${typeof seconds === "number" ? milliseconds(seconds) : JSON.stringify(seconds)}`).join(", ");
 }
 
 function cell(value) {
@@ -40,7 +45,7 @@ async function refresh() {
       (ready.embedded_llm ? `; embedded LLM server ${ready.embedded_llm.state}` : "");
     document.querySelector("#status-devices tbody").replaceChildren(...Object.entries(ready.devices).map(([name, d]) =>
       element("tr", { "data-device": name }, element("th", { scope: "row", text: name }), cell(d.slots), cell(d.busy), cell(d.queued),
-        cell(d.queue_size), cell(d.running), element("td", { text: waits(d.slot_wait_s) }), cell(`${d.granted ?? 0} / ${d.rejected ?? 0} / ${d.timed_out ?? 0}`))));
+        cell(d.queue_size), cell(d.running), element("td", { text: waits(d.slot_wait_s), class: "waits" }), cell(`${d.granted ?? 0} / ${d.rejected ?? 0} / ${d.timed_out ?? 0}`))));
     document.querySelector("#status-engines tbody").replaceChildren(...Object.entries(ready.engines).map(([name, e]) =>
       element("tr", {}, element("th", { scope: "row", text: name }), cell(e.capability), cell(e.state), cell(e.loaded.join(", ") || "—"),
         cell(e.running), missing(e.unavailable))));
