@@ -24,6 +24,8 @@ install: $(STAMP)
 # Test speech in German and French comes from espeak-ng (Debian); English comes from Piper.
 system-deps:
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; }
+	@# The console's browser tests (tests/console/) run headless Chromium through Playwright.
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 serve: install
 	$(BIN)/aistack serve
