@@ -23,6 +23,7 @@ from .scheduler.upstreams import UpstreamGate
 from .services.llm import LlmProxy
 from .services.model_admin import ModelAdmin
 from .services.models import ModelsService
+from .services.realtime import RealtimeService
 from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
 from .settings import Settings
@@ -51,6 +52,7 @@ class Runtime:
     llm: LlmProxy
     model_admin: ModelAdmin
     models: ModelsService
+    realtime: RealtimeService
     # The llama.cpp server aistack runs itself when `llm.embedded.gguf` is set.
     embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -134,8 +136,9 @@ def build_runtime(settings: Settings) -> Runtime:
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     model_admin = ModelAdmin(inventory, lifecycle, by_provider, servers, settings.models.pinned)
     models = ModelsService(inventory, lifecycle, scheduler, embedded.describe if embedded is not None else None)
+    realtime = RealtimeService(transcription, settings.realtime)
     return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
-                   speech, llm, model_admin, models, embedded)
+                   speech, llm, model_admin, models, realtime, embedded)
 
 
 def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None) -> dict[str, ChatUpstream]:

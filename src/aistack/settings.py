@@ -174,6 +174,28 @@ class LlmSettings(BaseModel):
     read_timeout_s: float = Field(600.0, gt=0, description="Longest wait for the next bytes of a generation.")
 
 
+class RealtimeSettings(BaseModel):
+    """Live transcription over the Realtime WebSocket (/v1/realtime)."""
+
+    max_session_s: float = Field(3600.0, gt=0, description="A session is closed after this long (OpenAI's limit is an hour too).")
+    max_buffer_s: float = Field(
+        60.0, gt=0,
+        description="Most uncommitted audio a session holds; a longer append is refused (manual commit) or the turn "
+        "is ended there (server VAD).",
+    )
+    max_event_mb: float = Field(15.0, gt=0, description="Largest client event (a base64 append is 4/3 of its audio).")
+    delta_interval_s: float = Field(
+        0.5, gt=0, description="While a turn is spoken, it is decoded again after this much more audio, for deltas."
+    )
+    final_slot_wait_s: float = Field(
+        10.0, gt=0, description="How long a turn's final decode waits for a slot before it fails with kind busy."
+    )
+
+    @property
+    def max_event_bytes(self) -> int:
+        return int(self.max_event_mb * 1024 * 1024)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -204,6 +226,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = Field(default_factory=LlmSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, WebSocket
 
 from ..engines.base import ClosableAsyncIterator
 from ..errors import ClientGone
@@ -16,6 +16,7 @@ from ..runtime import Runtime
 from ..services.llm import LlmProxy
 from ..services.model_admin import ModelAdmin
 from ..services.models import ModelsService
+from ..services.realtime import RealtimeService
 from ..services.speech import SpeechService
 from ..services.transcription import TranscriptionService
 from .middleware import mark_cancelled
@@ -51,11 +52,17 @@ def get_model_admin(request: Request) -> ModelAdmin:
     return _runtime(request).model_admin
 
 
+def get_realtime(websocket: WebSocket) -> RealtimeService:
+    runtime: Runtime = websocket.app.state.runtime
+    return runtime.realtime
+
+
 TranscriptionDep = Annotated[TranscriptionService, Depends(get_transcription)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 LlmDep = Annotated[LlmProxy, Depends(get_llm)]
 ModelsDep = Annotated[ModelsService, Depends(get_models)]
 ModelAdminDep = Annotated[ModelAdmin, Depends(get_model_admin)]
+RealtimeDep = Annotated[RealtimeService, Depends(get_realtime)]
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
