@@ -1,0 +1,317 @@
+"""GET /v1/realtime: live transcription over the WebSocket, with the official `openai` SDK's realtime client
+and a raw `websockets` client, on Piper speech of three sentences with 1 s pauses, against the real
+whisper-tiny.en; each turn's transcript is compared with the HTTP transcription of the same audio."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from conftest import _serve_in_thread, bound_socket, wait_until, words
+
+pytestmark = pytest.mark.slow
+
+MODEL = "whisper-tiny.en"
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Every morning the baker opens his small shop at six o'clock.",
+    "Children stop by on their way to school.",
+)
+RATE = 24_000
+FRAME_BYTES = RATE * 2 * 40 // 1000  # 40 ms of PCM16
+GA_UPDATE = {"type": "session.update", "event_id": "evt_update",
+             "session": {"type": "transcription", "audio": {"input": {"transcription": {"model": MODEL}}}}}
+
+
+def to_pcm16_24k(samples: np.ndarray, rate: int) -> np.ndarray:
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = 0
+    return np.concatenate([out.to_ndarray().reshape(-1) for out in [*resampler.resample(frame), *resampler.resample(None)]])
+
+
+def wav_bytes(pcm: np.ndarray, rate: int = RATE) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(pcm.astype("<i2").tobytes())
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Speech:
+    sentences: tuple[np.ndarray, ...]  # each sentence alone, PCM16 at 24 kHz
+    stream: bytes  # 0.5 s of silence, the three sentences with 1 s of silence after each, then 1 s more
+
+
+@pytest.fixture(scope="module")
+def three_sentences(piper_voice) -> Speech:
+    from piper import SynthesisConfig
+
+    still = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    sentences = []
+    for text in SENTENCES:
+        chunks = list(piper_voice.synthesize(text, syn_config=still))
+        sentences.append(to_pcm16_24k(np.concatenate([c.audio_int16_array for c in chunks]), chunks[0].sample_rate))
+    second = np.zeros(RATE, dtype=np.int16)
+    parts = [second[: RATE // 2]]
+    for sentence in sentences:
+        parts += [sentence, second]
+    parts.append(second)
+    return Speech(tuple(sentences), np.concatenate(parts).astype("<i2").tobytes())
+
+
+@dataclass
+class RealtimeGateway:
+    url: str
+    runtime: Any
+    server: Any
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/v1/realtime"
+
+    def run_on_loop(self, coroutine_function: Any) -> Any:
+        """Run a coroutine on the gateway's own event loop (to read its tasks)."""
+        loop = self.runtime._background[0].get_loop()
+        return asyncio.run_coroutine_threadsafe(coroutine_function(), loop).result(timeout=10)
+
+    def session_tasks(self) -> list[str]:
+        async def names() -> list[str]:
+            return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("realtime-")]
+
+        result: list[str] = self.run_on_loop(names)
+        return result
+
+    def leaves_nothing(self) -> bool:
+        scheduler = self.runtime.scheduler
+        return (scheduler.total_running() == 0 and scheduler.total_queued() == 0 and not self.runtime.realtime.sessions
+                and not self.session_tasks())
+
+
+
+def _start(models_cache, **overrides) -> Iterator[RealtimeGateway]:
+    from aistack.settings import Settings
+
+    sock = bound_socket()
+    settings = Settings(cache_dir=models_cache, port=sock.getsockname()[1], **overrides)
+    gateway = _serve_in_thread(settings, sock)
+    try:
+        yield RealtimeGateway(gateway.url, gateway.runtime, gateway.server)
+    finally:
+        gateway.server.should_exit = True  # type: ignore[attr-defined]
+        gateway.thread.join(timeout=15)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def live(models_cache) -> Iterator[RealtimeGateway]:
+    yield from _start(models_cache)
+
+
+@pytest.fixture(scope="module")
+def strict(models_cache) -> Iterator[RealtimeGateway]:
+    """Small limits, for the hostile cases."""
+    from aistack.settings import RealtimeSettings
+
+    yield from _start(models_cache, realtime=RealtimeSettings(max_event_mb=0.05, max_buffer_s=2.0, max_session_s=8.0))
+
+
+@pytest.fixture(scope="module")
+def http_transcripts(live: RealtimeGateway, three_sentences: Speech) -> list[str]:
+    """What POST /v1/audio/transcriptions makes of each sentence, as the same 24 kHz samples."""
+    texts = []
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        for pcm in three_sentences.sentences:
+            response = client.post("/v1/audio/transcriptions", data={"model": MODEL},
+                                   files={"file": ("turn.wav", wav_bytes(pcm), "audio/wav")})
+            assert response.status_code == 200, response.text
+            texts.append(response.json()["text"])
+    return texts
+
+
+def append(chunk: bytes) -> str:
+    return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+
+
+async def send_audio(send: Any, audio: bytes, paced: bool) -> None:
+    """40 ms frames, at real-time pace or as fast as the socket takes them."""
+    started = time.perf_counter()
+    for index, offset in enumerate(range(0, len(audio), FRAME_BYTES)):
+        await send(append(audio[offset:offset + FRAME_BYTES]))
+        if paced:
+            await asyncio.sleep(max(0.0, started + (index + 1) * 0.04 - time.perf_counter()))
+
+
+async def events_until(receive: Any, done: Any, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Server events as dicts until `done(events)` holds."""
+    seen: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        while not done(seen):
+            seen.append(await receive())
+
+    await asyncio.wait_for(collect(), timeout)
+    return seen
+
+
+def finals(seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in seen if e["type"].startswith("conversation.item.input_audio_transcription.") and e["type"][-6:] in
+            ("pleted", "failed")]
+
+
+def three_finals(seen: list[dict[str, Any]]) -> bool:
+    return len(finals(seen)) >= 3
+
+
+def check_three_turns(seen: list[dict[str, Any]], http_transcripts: list[str]) -> None:
+    types = [e["type"] for e in seen]
+    for kind in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+                 "conversation.item.input_audio_transcription.completed"):
+        assert types.count(kind) == 3, (kind, types)
+    items = [e["item_id"] for e in seen if e["type"] == "input_audio_buffer.committed"]
+    assert len(set(items)) == 3
+    completed = {e["item_id"]: e for e in seen if e["type"] == "conversation.item.input_audio_transcription.completed"}
+    for item, expected in zip(items, http_transcripts, strict=True):
+        order = [e["type"].rsplit(".", 1)[-1] for e in seen if e.get("item_id") == item and not e["type"].endswith("delta")]
+        assert order == ["speech_started", "speech_stopped", "committed", "completed"]
+        assert words(completed[item]["transcript"]) == words(expected)
+        usage = completed[item]["usage"]
+        assert usage["type"] == "duration" and 1.0 < usage["seconds"] < 6.0
+        deltas = [e for e in seen if e["type"] == "conversation.item.input_audio_transcription.delta" and e["item_id"] == item]
+        # Deltas are never taken back: all of them arrive before the turn's final transcript.
+        assert all(seen.index(d) < seen.index(completed[item]) for d in deltas)
+    started = [e["audio_start_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_started"]
+    stopped = [e["audio_end_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert started[0] < stopped[0] < started[1] < stopped[1] < started[2] < stopped[2]
+
+
+def delta_before_stop(seen: list[dict[str, Any]], item: str) -> bool:
+    for event in seen:
+        if event.get("item_id") != item:
+            continue
+        if event["type"] == "conversation.item.input_audio_transcription.delta":
+            return bool(event["delta"].strip())
+        if event["type"] == "input_audio_buffer.speech_stopped":
+            return False
+    return False
+
+
+def test_sdk_realtime_client_with_intent_transcription_at_real_time_pace(
+    live: RealtimeGateway, three_sentences: Speech, http_transcripts: list[str]
+) -> None:
+    from openai import AsyncOpenAI
+
+    async def run() -> list[dict[str, Any]]:
+        client = AsyncOpenAI(base_url=f"{live.url}/v1", api_key="unused")
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+            async def receive() -> dict[str, Any]:
+                return json.loads(await connection.recv_bytes())
+
+            created = await receive()
+            assert created["type"] == "transcription_session.created"
+            await connection.send({  # type: ignore[arg-type]
+                "type": "transcription_session.update",
+                "session": {"input_audio_format": "pcm16", "input_audio_transcription": {"model": MODEL, "language": "en"},
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}},
+            })
+            updated = await receive()
+            assert updated["type"] == "transcription_session.updated", updated
+            assert updated["session"]["input_audio_transcription"]["model"] == MODEL
+            assert updated["session"]["turn_detection"]["silence_duration_ms"] == 500
+
+            async def send(frame: str) -> None:
+                await connection.send(json.loads(frame))
+
+            sender = asyncio.create_task(send_audio(send, three_sentences.stream, paced=True))
+            seen = await events_until(receive, three_finals)
+            await sender
+            return seen
+
+    seen = asyncio.run(run())
+    check_three_turns(seen, http_transcripts)
+    items = [e["item_id"] for e in seen if e["type"] == "input_audio_buffer.committed"]
+    longest = max(range(3), key=lambda i: len(three_sentences.sentences[i]))
+    assert delta_before_stop(seen, items[longest]), [e["type"] for e in seen]
+    assert wait_until(live.leaves_nothing)
+
+
+async def ga_session(url: str, audio: bytes, paced: bool, update: dict[str, Any] = GA_UPDATE,
+                     done: Any = three_finals) -> list[dict[str, Any]]:
+    async with websockets.connect(url) as ws:
+        async def receive() -> dict[str, Any]:
+            return json.loads(await ws.recv())
+
+        created = await receive()
+        assert created["type"] == "session.created" and created["session"]["type"] == "transcription"
+        await ws.send(json.dumps(update))
+        updated = await receive()
+        assert updated["type"] == "session.updated", updated
+        sender = asyncio.create_task(send_audio(ws.send, audio, paced))
+        seen = [created, updated, *await events_until(receive, done)]
+        await sender
+        return seen
+
+
+def test_two_raw_websocket_sessions_at_once_sent_as_fast_as_possible(
+    live: RealtimeGateway, three_sentences: Speech, http_transcripts: list[str]
+) -> None:
+    async def both() -> list[list[dict[str, Any]]]:
+        return list(await asyncio.gather(*(ga_session(live.ws_url, three_sentences.stream, paced=False) for _ in range(2))))
+
+    for seen in asyncio.run(both()):
+        assert seen[1]["session"]["audio"]["input"]["transcription"]["model"] == MODEL
+        assert seen[1]["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        check_three_turns(seen[2:], http_transcripts)
+    assert wait_until(live.leaves_nothing)
+
+
+MANUAL_UPDATE = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+    "transcription": {"model": MODEL}, "turn_detection": None}}}}
+
+
+def test_manual_commit_and_clear(live: RealtimeGateway, three_sentences: Speech, http_transcripts: list[str]) -> None:
+    first, second = (pcm.astype("<i2").tobytes() for pcm in three_sentences.sentences[:2])
+
+    async def run() -> list[dict[str, Any]]:
+        async with websockets.connect(live.ws_url) as ws:
+            async def receive() -> dict[str, Any]:
+                return json.loads(await ws.recv())
+
+            await receive()
+            await ws.send(json.dumps(MANUAL_UPDATE))
+            updated = await receive()
+            assert updated["session"]["audio"]["input"]["turn_detection"] is None
+            await send_audio(ws.send, second, paced=False)
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            assert (await receive())["type"] == "input_audio_buffer.cleared"
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit", "event_id": "evt_empty"}))
+            empty = await receive()
+            assert empty["type"] == "error" and empty["error"]["event_id"] == "evt_empty"
+            assert "100 ms" in empty["error"]["message"]
+            await send_audio(ws.send, first, paced=False)
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            return await events_until(receive, lambda seen: len(finals(seen)) >= 1)
+
+    seen = asyncio.run(run())
+    assert [e["type"] for e in seen] == ["input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed"]
+    # The cleared sentence is gone: only the one sent after the clear is in the transcript.
+    assert words(seen[1]["transcript"]) == words(http_transcripts[0])
+    assert seen[0]["item_id"] == seen[1]["item_id"] and seen[0]["previous_item_id"] is None
+    assert wait_until(live.leaves_nothing)
