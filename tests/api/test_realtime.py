@@ -315,3 +315,183 @@ def test_manual_commit_and_clear(live: RealtimeGateway, three_sentences: Speech,
     assert words(seen[1]["transcript"]) == words(http_transcripts[0])
     assert seen[0]["item_id"] == seen[1]["item_id"] and seen[0]["previous_item_id"] is None
     assert wait_until(live.leaves_nothing)
+
+
+def test_hostile_events_get_an_error_event_and_the_socket_stays_open(strict: RealtimeGateway) -> None:
+    silence = bytes(FRAME_BYTES)
+    cases: list[tuple[str, str, str | None, str]] = [
+        ("{not json", "malformed", None, "not JSON"),
+        ("[1, 2]", "malformed", None, "not a JSON object"),
+        (json.dumps({"type": "response.create", "event_id": "e1"}), "malformed", "type", "input_audio_buffer.append"),
+        (json.dumps({"event_id": "e2"}), "malformed", "type", "no string `type`"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": "!!not base64!!", "event_id": "e3"}), "malformed",
+         "audio", "base64"),
+        (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x00\x01\x02").decode()}), "malformed",
+         "audio", "16-bit"),
+        (json.dumps({"type": "input_audio_buffer.append"}), "malformed", "audio", "audio"),
+        (json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/wav"}}}}}), "malformed", "session.audio.input.format.type", "audio/pcm"),
+        (json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 16000}}}}}), "malformed", "session.audio.input.format.rate", "24000"),
+        (json.dumps({"type": "session.update", "session": {"type": "realtime"}}), "malformed", "session.type", "transcription"),
+        (json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad"}}}}}), "malformed", "session.audio.input.turn_detection.type", "server_vad"),
+        (json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "no-such-model"}}}}}), "not_found", "session.audio.input.transcription.model",
+         "no-such-model"),
+        (json.dumps({"type": "input_audio_buffer.commit", "event_id": "e4"}), "malformed", None, "100 ms"),
+        (append(bytes(60_000)), "overflow", None, "bytes"),
+    ]
+
+    async def run() -> list[dict[str, Any]]:
+        async with websockets.connect(strict.ws_url) as ws:
+            async def receive() -> dict[str, Any]:
+                return json.loads(await ws.recv())
+
+            await receive()
+            errors = []
+            for frame, *_ in cases:
+                await ws.send(frame)
+                errors.append(await receive())
+            await ws.send(b"\x00binary")
+            errors.append(await receive())
+            # Manual commit: a buffer over max_buffer_s (2 s) refuses the append that would pass it.
+            await ws.send(json.dumps(MANUAL_UPDATE))
+            assert (await receive())["type"] == "session.updated"
+            for _ in range(50):  # 2.0 s in 40 ms frames: all fit
+                await ws.send(append(silence))
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "event_id": "e5",
+                                      "audio": base64.b64encode(silence).decode()}))
+            errors.append(await receive())
+            # Still serving after all of it.
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            errors.append(await receive())
+            return errors
+
+    answers = asyncio.run(run())
+    for (_, kind, param, needle), answer in zip(cases, answers, strict=False):
+        assert answer["type"] == "error", answer
+        error = answer["error"]
+        assert error["code"] == kind and error["kind"] == kind, answer
+        assert error["param"] == param, answer
+        assert needle in error["message"], answer
+    assert [a["error"].get("event_id") for a in answers[2:5]] == ["e1", "e2", "e3"]
+    assert answers[len(cases)]["error"]["message"].startswith("binary frames")
+    buffer_full = answers[len(cases) + 1]["error"]
+    assert buffer_full["code"] == "overflow" and buffer_full["event_id"] == "e5" and "2 s" in buffer_full["message"]
+    assert answers[-1]["type"] == "input_audio_buffer.cleared"
+    assert wait_until(strict.leaves_nothing)
+
+
+def test_a_session_past_its_maximum_length_is_closed_with_the_reason(strict: RealtimeGateway) -> None:
+    async def run() -> tuple[list[dict[str, Any]], Any]:
+        async with websockets.connect(strict.ws_url) as ws:
+            seen = []
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    seen.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return seen, closed.value
+
+    seen, closed = asyncio.run(run())
+    assert seen[0]["type"] == "session.created"
+    assert seen[-1]["type"] == "error" and seen[-1]["error"]["code"] == "overflow"
+    assert "maximum length of 8 s" in seen[-1]["error"]["message"]
+    assert closed.rcvd.code == 1008 and "maximum length" in closed.rcvd.reason
+    assert wait_until(strict.leaves_nothing)
+
+
+def test_a_client_gone_mid_turn_leaves_no_slot_task_or_session(live: RealtimeGateway, three_sentences: Speech) -> None:
+    audio = three_sentences.stream
+    scheduler = live.runtime.scheduler
+
+    async def run() -> None:
+        async with websockets.connect(live.ws_url) as ws:
+            await ws.recv()
+            await ws.send(json.dumps(GA_UPDATE))
+            await ws.recv()
+            # The first sentence and its pause (its final starts), then half the second (a turn in progress).
+            cut = (RATE // 2 + len(three_sentences.sentences[0]) + RATE + len(three_sentences.sentences[1]) // 2) * 2
+            await send_audio(ws.send, audio[:cut], paced=False)
+            while True:
+                event = json.loads(await ws.recv())
+                if event["type"] == "input_audio_buffer.speech_started" and event["audio_start_ms"] > 3000:
+                    break
+            assert wait_until(lambda: scheduler.total_running() >= 1, timeout=30)  # the first turn's final holds a slot
+        # The socket is closed here, mid-turn and mid-decode.
+
+    asyncio.run(run())
+    assert wait_until(live.leaves_nothing, timeout=60)
+    assert scheduler.queue("cpu").stopping == 0
+
+
+def g711(pcm: np.ndarray, codec: str) -> bytes:
+    """8 kHz G.711 bytes of 24 kHz PCM16, encoded by FFmpeg."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=8000)
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).astype(np.int16), format="s16", layout="mono")
+    frame.sample_rate = RATE
+    frame.pts = 0
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.sample_rate, encoder.layout, encoder.format = 8000, "mono", "s16"  # type: ignore[attr-defined]
+    encoder.open()
+    out = b""
+    for piece in [*resampler.resample(frame), *resampler.resample(None)]:
+        out += b"".join(bytes(packet) for packet in encoder.encode(piece))  # type: ignore[attr-defined]
+    out += b"".join(bytes(packet) for packet in encoder.encode(None))  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.parametrize(("ga_format", "legacy_format", "codec"), [("audio/pcmu", "g711_ulaw", "pcm_mulaw"),
+                                                                   ("audio/pcma", "g711_alaw", "pcm_alaw")])
+def test_g711_input(live: RealtimeGateway, three_sentences: Speech, ga_format: str, legacy_format: str, codec: str) -> None:
+    sentence = three_sentences.sentences[0]
+    silence = np.zeros(RATE, dtype=np.int16)
+    audio = g711(np.concatenate([silence[: RATE // 2], sentence, silence]), codec)
+    update = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "format": {"type": ga_format}, "transcription": {"model": MODEL}}}}}
+
+    async def run() -> list[dict[str, Any]]:
+        async with websockets.connect(live.ws_url) as ws:
+            async def receive() -> dict[str, Any]:
+                return json.loads(await ws.recv())
+
+            await receive()
+            await ws.send(json.dumps(update))
+            updated = await receive()
+            assert updated["session"]["audio"]["input"]["format"] == {"type": ga_format, "rate": 8000}
+            for offset in range(0, len(audio), 320):  # 40 ms at 8 kHz, one byte a sample
+                await ws.send(append(audio[offset:offset + 320]))
+            return await events_until(receive, lambda seen: len(finals(seen)) >= 1)
+
+    seen = asyncio.run(run())
+    completed = finals(seen)[0]
+    assert completed["type"] == "conversation.item.input_audio_transcription.completed"
+    assert words(completed["transcript"]) == words(SENTENCES[0])
+
+    async def legacy() -> dict[str, Any]:
+        async with websockets.connect(live.ws_url + "?intent=transcription") as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": legacy_format}}))
+            answer: dict[str, Any] = json.loads(await ws.recv())
+            return answer
+
+    assert asyncio.run(legacy())["session"]["input_audio_format"] == legacy_format
+
+
+async def _first_event_type(url: str, **options: Any) -> str:
+    async with websockets.connect(url, **options) as ws:
+        return str(json.loads(await ws.recv())["type"])
+
+
+def test_api_key_by_bearer_header_or_subprotocol(models_cache) -> None:
+    for gateway in _start(models_cache, api_key="sesame"):
+        url = gateway.ws_url
+        assert asyncio.run(_first_event_type(url, additional_headers={"Authorization": "Bearer sesame"})) == "session.created"
+        subprotocols = ["realtime", "openai-insecure-api-key.sesame"]
+        assert asyncio.run(_first_event_type(url, subprotocols=subprotocols)) == "session.created"
+        for wrong in ({"additional_headers": {"Authorization": "Bearer nope"}},
+                      {"subprotocols": ["realtime", "openai-insecure-api-key.nope"]}, {}):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                asyncio.run(_first_event_type(url, **wrong))
+            assert refused.value.response.status_code == 401
+            body = json.loads(refused.value.response.body)
+            assert body["error"]["kind"] == "unauthorized" and "openai-insecure-api-key" in body["error"]["message"]
