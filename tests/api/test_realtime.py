@@ -130,7 +130,8 @@ def strict(models_cache) -> Iterator[RealtimeGateway]:
     """Small limits, for the hostile cases."""
     from aistack.settings import RealtimeSettings
 
-    yield from _start(models_cache, realtime=RealtimeSettings(max_event_mb=0.05, max_buffer_s=2.0, max_session_s=8.0))
+    yield from _start(models_cache, realtime=RealtimeSettings(max_event_mb=0.05, max_buffer_s=5.0, max_session_s=8.0,
+                                                              final_slot_wait_s=1.5))
 
 
 @pytest.fixture(scope="module")
@@ -355,10 +356,10 @@ def test_hostile_events_get_an_error_event_and_the_socket_stays_open(strict: Rea
                 errors.append(await receive())
             await ws.send(b"\x00binary")
             errors.append(await receive())
-            # Manual commit: a buffer over max_buffer_s (2 s) refuses the append that would pass it.
+            # Manual commit: a buffer over max_buffer_s (5 s) refuses the append that would pass it.
             await ws.send(json.dumps(MANUAL_UPDATE))
             assert (await receive())["type"] == "session.updated"
-            for _ in range(50):  # 2.0 s in 40 ms frames: all fit
+            for _ in range(125):  # 5.0 s in 40 ms frames: all fit
                 await ws.send(append(silence))
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "event_id": "e5",
                                       "audio": base64.b64encode(silence).decode()}))
@@ -378,7 +379,7 @@ def test_hostile_events_get_an_error_event_and_the_socket_stays_open(strict: Rea
     assert [a["error"].get("event_id") for a in answers[2:5]] == ["e1", "e2", "e3"]
     assert answers[len(cases)]["error"]["message"].startswith("binary frames")
     buffer_full = answers[len(cases) + 1]["error"]
-    assert buffer_full["code"] == "overflow" and buffer_full["event_id"] == "e5" and "2 s" in buffer_full["message"]
+    assert buffer_full["code"] == "overflow" and buffer_full["event_id"] == "e5" and "5 s" in buffer_full["message"]
     assert answers[-1]["type"] == "input_audio_buffer.cleared"
     assert wait_until(strict.leaves_nothing)
 
@@ -495,3 +496,47 @@ def test_api_key_by_bearer_header_or_subprotocol(models_cache) -> None:
             assert refused.value.response.status_code == 401
             body = json.loads(refused.value.response.body)
             assert body["error"]["kind"] == "unauthorized" and "openai-insecure-api-key" in body["error"]["message"]
+
+
+def test_a_final_without_a_slot_in_time_fails_busy_and_the_session_goes_on(strict: RealtimeGateway, three_sentences: Speech,
+                                                                           http_transcripts: list[str]) -> None:
+    sentence = three_sentences.sentences[0].astype("<i2").tobytes()
+    scheduler = strict.runtime.scheduler
+
+    async def take_the_slot() -> Any:
+        return await scheduler.admit("cpu", "asr")
+
+    async def run() -> list[dict[str, Any]]:
+        async with websockets.connect(strict.ws_url) as ws:
+            async def receive() -> dict[str, Any]:
+                return json.loads(await ws.recv())
+
+            await receive()
+            await ws.send(json.dumps(MANUAL_UPDATE))
+            await receive()
+            lease = strict.run_on_loop(take_the_slot)  # every slot of this gateway (cpu_slots is 1 here) is taken
+            assert scheduler.queue("cpu").slots == 1
+            try:
+                await send_audio(ws.send, sentence, paced=False)
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                seen = await events_until(receive, lambda seen: len(finals(seen)) >= 1)
+            finally:
+                async def give_back() -> None:
+                    lease.release()
+
+                strict.run_on_loop(give_back)
+            await send_audio(ws.send, sentence, paced=False)
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            return seen + await events_until(receive, lambda seen: len(finals(seen)) >= 1)
+
+    seen = asyncio.run(run())
+    types = [e["type"] for e in seen]
+    # While no slot was free no delta decode ran; the final waited 1.5 s, then failed as busy.
+    assert types == ["input_audio_buffer.committed", "conversation.item.input_audio_transcription.failed",
+                     "input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed"]
+    failed = seen[1]
+    assert failed["item_id"] == seen[0]["item_id"] and failed["error"]["code"] == "busy"
+    assert failed["error"]["type"] == "server_error" and "1.5 s" in failed["error"]["message"]
+    assert words(seen[3]["transcript"]) == words(http_transcripts[0])
+    assert seen[2]["previous_item_id"] == seen[0]["item_id"]
+    assert wait_until(strict.leaves_nothing)

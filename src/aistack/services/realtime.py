@@ -380,6 +380,9 @@ class RealtimeSession:
         assert turn is not None
         self._turn = None
         turn.finalizing = True
+        if self._delta_task is not None and not self._delta_task.done():
+            # The final must not wait behind a partial decode of the same audio.
+            self._delta_task.cancel()
         self._emit(wire.Committed(item_id=turn.item_id, previous_item_id=self._previous_item))
         self._previous_item = turn.item_id
         self.stats.turns += 1
@@ -462,21 +465,31 @@ class RealtimeSession:
     async def _decode(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions, wait_s: float | None) -> Transcript:
         """One decode on a slot held only for it: taken at once (wait_s None) or within wait_s, else busy."""
         leases: list[Lease] = []
+        granted = asyncio.Event()
 
         def hold(lease: Lease) -> None:
             leases.append(lease)
             self._leases.add(lease)
+            granted.set()
 
+        starting = asyncio.ensure_future(self._transcription.start(card, on_lease=hold))
         try:
-            starting = self._transcription.start(card, on_lease=hold)
-            try:
-                job = await (starting if wait_s is None else asyncio.wait_for(starting, wait_s))
-            except TimeoutError:
-                raise AistackError(ErrorKind.BUSY, f"no slot came free within {wait_s:g} s for this turn's transcription; "
-                                   "the session goes on (fewer sessions at once, or a larger "
-                                   "realtime.final_slot_wait_s, would let it through)") from None
+            if wait_s is not None:
+                # The wait is for the slot only: loading the model once it is granted may take longer.
+                slot = asyncio.ensure_future(granted.wait())
+                done, _ = await asyncio.wait({starting, slot}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+                slot.cancel()
+                if not done:
+                    raise AistackError(ErrorKind.BUSY, f"no slot came free within {wait_s:g} s for this turn's "
+                                       "transcription; the session goes on (fewer sessions at once, or a larger "
+                                       "realtime.final_slot_wait_s, would let it through)")
+            job = await starting
             return await self._transcription.transcribe(job, audio, options)
         finally:
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await starting
             for lease in leases:
                 lease.abandon()
                 self._leases.discard(lease)
