@@ -105,6 +105,11 @@ class SpeechDetector:
         self.speaking = False
         self._silence_from: int | None = None
 
+    @property
+    def trailing_silence(self) -> bool:
+        """Speech is on, but the probability has fallen: the turn may be about to end."""
+        return self.speaking and self._silence_from is not None
+
     def feed(self, samples: np.ndarray) -> list[SpeechEdge]:
         edges: list[SpeechEdge] = []
         silence_windows = max(1, round(self.params.silence_duration_ms * SAMPLE_RATE / 1000 / WINDOW))

@@ -412,6 +412,8 @@ class RealtimeSession:
             return
         if turn.samples - turn.decoded_samples < self._settings.delta_interval_s * SAMPLE_RATE:
             return
+        if self._detector is not None and self._detector.trailing_silence:
+            return  # the turn may end in a moment; its final should find the slot free
         # Deltas are a courtesy: under load they are skipped, so that no final waits behind them.
         if not self._transcription.slot_free_now(card):
             return
