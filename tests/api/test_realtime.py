@@ -228,22 +228,25 @@ def test_sdk_realtime_client_with_intent_transcription_at_real_time_pace(
         client = AsyncOpenAI(base_url=f"{live.url}/v1", api_key="unused")
         async with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
             async def receive() -> dict[str, Any]:
-                return json.loads(await connection.recv_bytes())
+                event = await connection.recv()  # the SDK's own typed events
+                dumped: dict[str, Any] = event.model_dump(exclude_unset=True)
+                return dumped
 
             created = await receive()
-            assert created["type"] == "transcription_session.created"
-            await connection.send({  # type: ignore[arg-type]
-                "type": "transcription_session.update",
-                "session": {"input_audio_format": "pcm16", "input_audio_transcription": {"model": MODEL, "language": "en"},
-                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}},
+            assert created["type"] == "session.created" and created["session"]["type"] == "transcription"
+            await connection.session.update(session={
+                "type": "transcription",
+                "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                    "transcription": {"model": MODEL, "language": "en"},
+                                    "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}},
             })
             updated = await receive()
-            assert updated["type"] == "transcription_session.updated", updated
-            assert updated["session"]["input_audio_transcription"]["model"] == MODEL
-            assert updated["session"]["turn_detection"]["silence_duration_ms"] == 500
+            assert updated["type"] == "session.updated", updated
+            assert updated["session"]["audio"]["input"]["transcription"]["model"] == MODEL
+            assert updated["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 500
 
             async def send(frame: str) -> None:
-                await connection.send(json.loads(frame))
+                await connection.input_audio_buffer.append(audio=json.loads(frame)["audio"])
 
             sender = asyncio.create_task(send_audio(send, three_sentences.stream, paced=True))
             seen = await events_until(receive, three_finals)
@@ -269,22 +272,56 @@ async def ga_session(url: str, audio: bytes, paced: bool, update: dict[str, Any]
         await ws.send(json.dumps(update))
         updated = await receive()
         assert updated["type"] == "session.updated", updated
+        assert updated["session"]["audio"]["input"]["transcription"]["model"] == MODEL
+        assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
         sender = asyncio.create_task(send_audio(ws.send, audio, paced))
-        seen = [created, updated, *await events_until(receive, done)]
+        seen = await events_until(receive, done)
         await sender
         return seen
 
 
-def test_two_raw_websocket_sessions_at_once_sent_as_fast_as_possible(
+async def beta_sdk_session(base_url: str, audio: bytes) -> list[dict[str, Any]]:
+    """The SDK's earlier (beta) realtime client: `transcription_session.*` events."""
+    from openai import AsyncOpenAI
+
+    # The beta client goes to wss:// unless told the WebSocket base URL.
+    client = AsyncOpenAI(base_url=f"{base_url}/v1", websocket_base_url=f"{base_url.replace('http://', 'ws://')}/v1",
+                         api_key="unused")
+    async with client.beta.realtime.connect(model=MODEL, extra_query={"intent": "transcription"}) as connection:
+        async def receive() -> dict[str, Any]:
+            return json.loads(await connection.recv_bytes())
+
+        created = await receive()
+        assert created["type"] == "transcription_session.created", created
+        await connection.send({  # type: ignore[arg-type]
+            "type": "transcription_session.update",
+            "session": {"input_audio_format": "pcm16", "input_audio_transcription": {"model": MODEL},
+                        "turn_detection": {"type": "server_vad", "threshold": 0.5}},
+        })
+        updated = await receive()
+        assert updated["type"] == "transcription_session.updated", updated
+        assert updated["session"]["input_audio_transcription"]["model"] == MODEL
+        assert updated["session"]["input_audio_format"] == "pcm16"
+
+        async def send(frame: str) -> None:
+            await connection.input_audio_buffer.append(audio=json.loads(frame)["audio"])
+
+        sender = asyncio.create_task(send_audio(send, audio, paced=False))
+        seen = await events_until(receive, three_finals)
+        await sender
+        return seen
+
+
+def test_two_sessions_at_once_in_both_dialects_sent_as_fast_as_possible(
     live: RealtimeGateway, three_sentences: Speech, http_transcripts: list[str]
 ) -> None:
+    """A raw `websockets` client in the GA form and the SDK's beta client (`transcription_session.update`)."""
     async def both() -> list[list[dict[str, Any]]]:
-        return list(await asyncio.gather(*(ga_session(live.ws_url, three_sentences.stream, paced=False) for _ in range(2))))
+        return list(await asyncio.gather(ga_session(live.ws_url, three_sentences.stream, paced=False),
+                                         beta_sdk_session(live.url, three_sentences.stream)))
 
     for seen in asyncio.run(both()):
-        assert seen[1]["session"]["audio"]["input"]["transcription"]["model"] == MODEL
-        assert seen[1]["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
-        check_three_turns(seen[2:], http_transcripts)
+        check_three_turns(seen, http_transcripts)
     assert wait_until(live.leaves_nothing)
 
 
@@ -477,8 +514,11 @@ def test_g711_input(live: RealtimeGateway, three_sentences: Speech, ga_format: s
     assert words(completed["transcript"]) == words(SENTENCES[0])
 
     async def legacy() -> dict[str, Any]:
-        async with websockets.connect(live.ws_url + "?intent=transcription") as ws:
-            await ws.recv()
+        # A browser on the earlier dialect says so with a subprotocol (it cannot set the OpenAI-Beta header).
+        async with websockets.connect(live.ws_url + "?intent=transcription",
+                                      subprotocols=["realtime", "openai-beta.realtime-v1"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == "realtime"
+            assert json.loads(await ws.recv())["type"] == "transcription_session.created"
             await ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": legacy_format}}))
             answer: dict[str, Any] = json.loads(await ws.recv())
             return answer

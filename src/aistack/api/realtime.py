@@ -22,15 +22,20 @@ access_log = logging.getLogger("aistack.access")
 
 # What a realtime client offers besides its key; answering with it is what OpenAI does.
 REALTIME_SUBPROTOCOL = "realtime"
+BETA_HEADER_VALUE = "realtime=v1"
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 POLICY_VIOLATION = 1008
 
 
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket, service: RealtimeDep, intent: str | None = None) -> None:
+async def realtime(websocket: WebSocket, service: RealtimeDep) -> None:
+    # Every session here transcribes, so `?intent=transcription` (and `?model=`) change nothing. Clients
+    # of the earlier beta say so (a header, or a subprotocol from a browser) and get its session events.
     offered = websocket.scope.get("subprotocols") or []
+    beta = BETA_HEADER_VALUE in websocket.headers.get("openai-beta", "") or BETA_SUBPROTOCOL in offered
     await websocket.accept(subprotocol=REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in offered else None)
     started = time.perf_counter()
-    session = await service.open("legacy" if intent == "transcription" else "ga")
+    session = await service.open("legacy" if beta else "ga")
     reader = asyncio.create_task(_read(websocket, session, service.max_event_bytes))
     reason = "server stopped"
     try:

@@ -442,18 +442,28 @@ class RealtimeSession:
     async def _run_finals(self) -> None:
         while True:
             turn, audio = await self._finals.get()
-            try:
-                self._emit(await self._final(turn, audio))
-            finally:
-                self._finals_waiting -= 1
+            waiting = True
 
-    async def _final(self, turn: Turn, audio: np.ndarray) -> wire.ServerEvent:
+            def granted() -> None:
+                # Once the final holds its slot, partial decodes of the next turn may use any other.
+                nonlocal waiting
+                if waiting:
+                    waiting = False
+                    self._finals_waiting -= 1
+
+            try:
+                self._emit(await self._final(turn, audio, granted))
+            finally:
+                granted()
+
+    async def _final(self, turn: Turn, audio: np.ndarray, granted: Callable[[], None]) -> wire.ServerEvent:
         card = self._config.card
         logprobs_wanted = wire.LOGPROBS_INCLUDE in self._config.include
         try:
             if card is None:
                 card = await self._transcription.select(AUTO_ID, self._config.language, "transcribe")
-            transcript = await self._decode(card, audio, self._options(logprobs_wanted), wait_s=self._settings.final_slot_wait_s)
+            transcript = await self._decode(card, audio, self._options(logprobs_wanted), wait_s=self._settings.final_slot_wait_s,
+                                            on_granted=granted)
         except AistackError as error:
             return wire.TranscriptionFailed(item_id=turn.item_id, error=wire.failure_detail(error))
         logprobs = None
@@ -464,7 +474,8 @@ class RealtimeSession:
         return wire.TranscriptionCompleted(item_id=turn.item_id, transcript=transcript.text, logprobs=logprobs,
                                            usage=wire.DurationUsage(seconds=round(audio.size / SAMPLE_RATE, 3)))
 
-    async def _decode(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions, wait_s: float | None) -> Transcript:
+    async def _decode(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions, wait_s: float | None,
+                      on_granted: Callable[[], None] = lambda: None) -> Transcript:
         """One decode on a slot held only for it: taken at once (wait_s None) or within wait_s, else busy."""
         leases: list[Lease] = []
         granted = asyncio.Event()
@@ -473,6 +484,7 @@ class RealtimeSession:
             leases.append(lease)
             self._leases.add(lease)
             granted.set()
+            on_granted()
 
         starting = asyncio.ensure_future(self._transcription.start(card, on_lease=hold))
         try:
