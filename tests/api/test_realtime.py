@@ -8,6 +8,8 @@ import asyncio
 import base64
 import io
 import json
+import logging
+import re
 import time
 import wave
 from collections.abc import Iterator
@@ -329,15 +331,17 @@ MANUAL_UPDATE = {"type": "session.update", "session": {"type": "transcription", 
     "transcription": {"model": MODEL}, "turn_detection": None}}}}
 
 
-def test_manual_commit_and_clear(live: RealtimeGateway, three_sentences: Speech, http_transcripts: list[str]) -> None:
+def test_manual_commit_and_clear(live: RealtimeGateway, three_sentences: Speech, http_transcripts: list[str],
+                                 caplog: pytest.LogCaptureFixture) -> None:
     first, second = (pcm.astype("<i2").tobytes() for pcm in three_sentences.sentences[:2])
+    session_ids = []
 
     async def run() -> list[dict[str, Any]]:
         async with websockets.connect(live.ws_url) as ws:
             async def receive() -> dict[str, Any]:
                 return json.loads(await ws.recv())
 
-            await receive()
+            session_ids.append((await receive())["session"]["id"])
             await ws.send(json.dumps(MANUAL_UPDATE))
             updated = await receive()
             assert updated["session"]["audio"]["input"]["turn_detection"] is None
@@ -352,12 +356,24 @@ def test_manual_commit_and_clear(live: RealtimeGateway, three_sentences: Speech,
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
             return await events_until(receive, lambda seen: len(finals(seen)) >= 1)
 
+    caplog.set_level(logging.INFO, logger="aistack.access")
     seen = asyncio.run(run())
     assert [e["type"] for e in seen] == ["input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed"]
     # The cleared sentence is gone: only the one sent after the clear is in the transcript.
     assert words(seen[1]["transcript"]) == words(http_transcripts[0])
     assert seen[0]["item_id"] == seen[1]["item_id"] and seen[0]["previous_item_id"] is None
     assert wait_until(live.leaves_nothing)
+    # One access line for the session: its duration, audio seconds (both sentences), turns and why it closed.
+    def access_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "aistack.access" and session_ids[0] in r.getMessage()]
+
+    assert wait_until(access_lines)
+    lines = access_lines()
+    assert len(lines) == 1, lines
+    assert f"WS /v1/realtime ga model={MODEL} " in lines[0] and " turns=1 " in lines[0]
+    assert "close='client closed'" in lines[0]
+    audio_s = float(re.search(r" audio=([\d.]+)s ", lines[0]).group(1))  # type: ignore[union-attr]
+    assert audio_s == pytest.approx((len(first) + len(second)) / 2 / RATE, abs=0.1)
 
 
 def test_hostile_events_get_an_error_event_and_the_socket_stays_open(strict: RealtimeGateway) -> None:
