@@ -29,8 +29,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = "whisper-tiny.en"
 SENTENCES = (
+    "Every morning the baker opens his small shop at six o'clock and bakes fresh bread for the people of the village.",
     "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Every morning the baker opens his small shop at six o'clock.",
     "Children stop by on their way to school.",
 )
 RATE = 24_000
@@ -201,7 +201,7 @@ def check_three_turns(seen: list[dict[str, Any]], http_transcripts: list[str]) -
         assert order == ["speech_started", "speech_stopped", "committed", "completed"]
         assert words(completed[item]["transcript"]) == words(expected)
         usage = completed[item]["usage"]
-        assert usage["type"] == "duration" and 1.0 < usage["seconds"] < 6.0
+        assert usage["type"] == "duration" and 1.0 < usage["seconds"] < 9.0
         deltas = [e for e in seen if e["type"] == "conversation.item.input_audio_transcription.delta" and e["item_id"] == item]
         # Deltas are never taken back: all of them arrive before the turn's final transcript.
         assert all(seen.index(d) < seen.index(completed[item]) for d in deltas)
@@ -505,7 +505,7 @@ def g711(pcm: np.ndarray, codec: str) -> bytes:
 @pytest.mark.parametrize(("ga_format", "legacy_format", "codec"), [("audio/pcmu", "g711_ulaw", "pcm_mulaw"),
                                                                    ("audio/pcma", "g711_alaw", "pcm_alaw")])
 def test_g711_input(live: RealtimeGateway, three_sentences: Speech, ga_format: str, legacy_format: str, codec: str) -> None:
-    sentence = three_sentences.sentences[0]
+    sentence = three_sentences.sentences[1]
     silence = np.zeros(RATE, dtype=np.int16)
     audio = g711(np.concatenate([silence[: RATE // 2], sentence, silence]), codec)
     update = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
@@ -527,7 +527,7 @@ def test_g711_input(live: RealtimeGateway, three_sentences: Speech, ga_format: s
     seen = asyncio.run(run())
     completed = finals(seen)[0]
     assert completed["type"] == "conversation.item.input_audio_transcription.completed"
-    assert words(completed["transcript"]) == words(SENTENCES[0])
+    assert words(completed["transcript"]) == words(SENTENCES[1])
 
     async def legacy() -> dict[str, Any]:
         # A browser on the earlier dialect says so with a subprotocol (it cannot set the OpenAI-Beta header).
@@ -564,7 +564,7 @@ def test_api_key_by_bearer_header_or_subprotocol(models_cache) -> None:
 
 def test_a_final_without_a_slot_in_time_fails_busy_and_the_session_goes_on(strict: RealtimeGateway, three_sentences: Speech,
                                                                            http_transcripts: list[str]) -> None:
-    sentence = three_sentences.sentences[0].astype("<i2").tobytes()
+    sentence = three_sentences.sentences[1].astype("<i2").tobytes()  # shorter than strict's 5 s buffer
     scheduler = strict.runtime.scheduler
 
     async def take_the_slot() -> Any:
@@ -601,6 +601,33 @@ def test_a_final_without_a_slot_in_time_fails_busy_and_the_session_goes_on(stric
     failed = seen[1]
     assert failed["item_id"] == seen[0]["item_id"] and failed["error"]["code"] == "busy"
     assert failed["error"]["type"] == "server_error" and "1.5 s" in failed["error"]["message"]
-    assert words(seen[3]["transcript"]) == words(http_transcripts[0])
+    assert words(seen[3]["transcript"]) == words(http_transcripts[1])
     assert seen[2]["previous_item_id"] == seen[0]["item_id"]
+    assert wait_until(strict.leaves_nothing)
+
+
+def test_a_server_vad_turn_longer_than_the_buffer_is_cut_and_goes_on(strict: RealtimeGateway, three_sentences: Speech) -> None:
+    # A 10 s silence duration makes the whole stream one long turn; max_buffer_s (5 s here) cuts it.
+    update = {"type": "session.update", "session": {"type": "transcription", "include": [
+        "item.input_audio_transcription.logprobs"], "audio": {"input": {
+            "transcription": {"model": MODEL}, "turn_detection": {"type": "server_vad", "silence_duration_ms": 10_000}}}}}
+
+    def two_finals(seen: list[dict[str, Any]]) -> bool:
+        return len(finals(seen)) >= 2
+
+    seen = asyncio.run(ga_session(strict.ws_url, three_sentences.stream, paced=False, update=update, done=two_finals))
+    kinds = [e["type"] for e in seen]
+    assert kinds[:4] == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                         "input_audio_buffer.committed", "input_audio_buffer.speech_started"]
+    cut_at = seen[1]["audio_end_ms"]
+    assert seen[3]["audio_start_ms"] == cut_at  # the speech goes on in the next turn, from where it was cut
+    completed = [e for e in seen if e["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert len(completed) == 2
+    assert all(e["usage"]["seconds"] <= 5.0 + 0.05 for e in completed)
+    assert words(completed[0]["transcript"])[:4] == words(SENTENCES[0])[:4]
+    # include: logprobs come with each final, one a word.
+    for event in completed:
+        assert event["logprobs"] and all(p["logprob"] <= 0 and bytes(p["bytes"]).decode() == p["token"]
+                                         for p in event["logprobs"])
+        assert words("".join(p["token"] for p in event["logprobs"])) == words(event["transcript"])
     assert wait_until(strict.leaves_nothing)
