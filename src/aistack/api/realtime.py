@@ -12,19 +12,21 @@ import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from ..errors import malformed
+from ..errors import AistackError, ErrorKind, malformed
 from ..protocol import realtime as wire
 from ..services.realtime import RealtimeSession, SessionEnd
 from .deps import RealtimeDep
 
 router = APIRouter(tags=["realtime"])
 access_log = logging.getLogger("aistack.access")
+log = logging.getLogger("aistack.realtime")
 
 # What a realtime client offers besides its key; answering with it is what OpenAI does.
 REALTIME_SUBPROTOCOL = "realtime"
 BETA_HEADER_VALUE = "realtime=v1"
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
 
 
 @router.websocket("/v1/realtime")
@@ -35,7 +37,14 @@ async def realtime(websocket: WebSocket, service: RealtimeDep) -> None:
     beta = BETA_HEADER_VALUE in websocket.headers.get("openai-beta", "") or BETA_SUBPROTOCOL in offered
     await websocket.accept(subprotocol=REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in offered else None)
     started = time.perf_counter()
-    session = await service.open("legacy" if beta else "ga")
+    try:
+        session = await service.open("legacy" if beta else "ga")
+    except Exception as error:  # e.g. the VAD model is missing from this installation
+        log.exception("a realtime session could not start")
+        failure = AistackError(ErrorKind.UNKNOWN, f"the session could not start: {error}")
+        await websocket.send_text(wire.encode(wire.error_event(failure)))
+        await websocket.close(INTERNAL_ERROR, "the session could not start")
+        return
     reader = asyncio.create_task(_read(websocket, session, service.max_event_bytes))
     reason = "server stopped"
     try:

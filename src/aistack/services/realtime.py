@@ -181,6 +181,9 @@ class RealtimeSession:
                 await self._update_legacy(event.session)
         except AistackError as error:
             self._emit(wire.error_event(error, event.event_id))
+        except Exception as error:  # a fault here must not end the session silently
+            log.exception("realtime session %s failed on %s", self.id, event.type)
+            self._emit(wire.error_event(AistackError(ErrorKind.UNKNOWN, f"{event.type} failed: {error}"), event.event_id))
 
     async def close(self) -> None:
         """Stop every decode and task of this session and give back every slot it holds."""
@@ -453,6 +456,10 @@ class RealtimeSession:
 
             try:
                 self._emit(await self._final(turn, audio, granted))
+            except Exception as error:  # the next turns must still get their finals
+                log.exception("realtime session %s: the final of %s failed", self.id, turn.item_id)
+                failure = AistackError(ErrorKind.UNKNOWN, f"the transcription failed: {error}")
+                self._emit(wire.TranscriptionFailed(item_id=turn.item_id, error=wire.failure_detail(failure)))
             finally:
                 granted()
 
