@@ -113,6 +113,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
+def ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1000:.0f}ms"  # NaN: no such event at all
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     total = 0.0
     for each in [process, *process.children(recursive=True)]:
@@ -165,8 +169,8 @@ def main() -> None:
                     cpu = (cpu_seconds(process) - cpu_before) / (audio_s * count * args.rounds)
                     turns = len(SENTENCES) * count * args.rounds
                     p95 = percentile(finals, 0.95)
-                    print(f"{model:<16} {count:>8} {statistics.median(finals) * 1000:>8.0f}ms {p95 * 1000:>8.0f}ms "
-                          f"{percentile(firsts, 0.5) * 1000:>8.0f}ms {percentile(firsts, 0.95) * 1000:>8.0f}ms "
+                    print(f"{model:<16} {count:>8} {ms(statistics.median(finals)):>10} {ms(p95):>10} "
+                          f"{ms(percentile(firsts, 0.5)):>10} {ms(percentile(firsts, 0.95)):>10} "
                           f"{turns - len(firsts):>15} {cpu:>10.2f} {'yes' if p95 < SUSTAINED_P95_S else 'no':>10}")
         finally:
             gateway.terminate()

@@ -203,8 +203,12 @@ def check_three_turns(seen: list[dict[str, Any]], http_transcripts: list[str]) -
         usage = completed[item]["usage"]
         assert usage["type"] == "duration" and 1.0 < usage["seconds"] < 9.0
         deltas = [e for e in seen if e["type"] == "conversation.item.input_audio_transcription.delta" and e["item_id"] == item]
-        # Deltas are never taken back: all of them arrive before the turn's final transcript.
+        # Deltas are never taken back: all of them arrive before the turn's final transcript, and each
+        # adds words to the ones before it (the first without a leading space, the others with one).
         assert all(seen.index(d) < seen.index(completed[item]) for d in deltas)
+        pieces = [d["delta"] for d in deltas]
+        assert all(piece.strip() for piece in pieces)
+        assert not pieces or (not pieces[0].startswith(" ") and all(p.startswith(" ") for p in pieces[1:]))
     started = [e["audio_start_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_started"]
     stopped = [e["audio_end_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_stopped"]
     assert started[0] < stopped[0] < started[1] < stopped[1] < started[2] < stopped[2]
