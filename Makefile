@@ -40,6 +40,7 @@ bench: install system-deps
 	$(BIN)/python benchmarks/scheduler.py
 	$(BIN)/python benchmarks/tts.py
 	$(BIN)/python benchmarks/llm_proxy.py
+	$(BIN)/python benchmarks/realtime.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
