@@ -107,7 +107,11 @@ class RealtimeService:
         await asyncio.to_thread(vad.load_model)
         session = RealtimeSession(self._transcription, self._settings, dialect, on_close=self.sessions.discard)
         self.sessions.add(session)
-        await session.start()
+        try:
+            await session.start()
+        except BaseException:
+            await session.close()
+            raise
         return session
 
 
