@@ -45,6 +45,7 @@ bench: install system-deps
 	$(BIN)/python benchmarks/llm_proxy.py
 	$(BIN)/python benchmarks/wyoming_door.py
 	$(BIN)/python benchmarks/embeddings.py
+	$(BIN)/python benchmarks/realtime.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

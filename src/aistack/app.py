@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__
-from .api import admin, audio, console, health, llm, models, speech
+from .api import admin, audio, console, health, llm, models, realtime, speech
 from .api.errors import install_error_handlers
 from .api.middleware import (
     AccessLogMiddleware,
@@ -43,7 +43,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     )
     app.state.runtime = held
     install_error_handlers(app)
-    for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router):
+    for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router, realtime.router):
         app.include_router(router, responses=ERROR_RESPONSES)
     app.include_router(console.router)  # the web console at / and /console/*, outside /v1 and /admin
     # Added last runs first: the access log (and its X-Request-Id) sees every request, including

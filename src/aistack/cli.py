@@ -93,8 +93,11 @@ def serve_forever(settings: Settings, runtime: Runtime) -> int:
     if joined:
         log.info("weights ready: %s", ", ".join(joined))
     app = create_app(settings, runtime)
+    # A WebSocket frame a little over realtime.max_event_mb gets an error event; one far over it is
+    # closed by the server (1009) before it is held in memory.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
-                            log_level=settings.log_level, timeout_graceful_shutdown=5)
+                            log_level=settings.log_level, timeout_graceful_shutdown=5,
+                            ws_max_size=settings.realtime.max_event_bytes + 1024 * 1024)
     # Bound here, before serving, so that with port 0 the line below names the port really bound
     # (a caller reads it from the log instead of guessing a free port that someone may take first).
     sock = config.bind_socket()

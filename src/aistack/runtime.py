@@ -42,6 +42,7 @@ from .scheduler.upstreams import UpstreamGate
 from .services.embeddings import EmbeddingService
 from .services.llm import LlmProxy
 from .services.models import ModelsService
+from .services.realtime import RealtimeService
 from .services.speech import SpeechService
 from .services.transcription import TranscriptionService
 from .settings import Settings
@@ -70,6 +71,7 @@ class Runtime:
     speech: SpeechService
     llm: LlmProxy
     models: ModelsService
+    realtime: RealtimeService
     # The llama.cpp server aistack runs itself: on `llm.embedded.gguf`, else on the packaged SmolLM2.
     embedded_llm: EmbeddedLlamaServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -162,8 +164,9 @@ def build_runtime(settings: Settings) -> Runtime:
     servers = {b.provider: b for b in inventory.backends if b.provider not in by_provider}
     models = ModelsService(inventory, lifecycle, scheduler, by_provider, servers, settings.models.pinned,
                            embedded.describe if embedded is not None else None)
+    realtime = RealtimeService(transcription, settings.realtime)
     return Runtime(settings, resolver, whisper, by_provider, inventory, scheduler, lifecycle, gate, events, transcription,
-                   speech, llm, models, embedded)
+                   speech, llm, models, realtime, embedded)
 
 
 def chat_upstreams(settings: Settings, embedded: EmbeddedLlamaServer | None, taken: Collection[str]) -> dict[str, ChatUpstream]:

@@ -234,6 +234,26 @@ class EmbeddingSettings(BaseModel):
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Inputs embedded together in one scheduler slot.")
     max_inputs: int = Field(2048, ge=1, description="Most inputs in one request (OpenAI's limit).")
+class RealtimeSettings(BaseModel):
+    """Live transcription over the Realtime WebSocket (/v1/realtime)."""
+
+    max_session_s: float = Field(3600.0, gt=0, description="A session is closed after this long (OpenAI's limit is an hour too).")
+    max_buffer_s: float = Field(
+        60.0, gt=0,
+        description="Most uncommitted audio a session holds; a longer append is refused (manual commit) or the turn "
+        "is ended there (server VAD).",
+    )
+    max_event_mb: float = Field(15.0, gt=0, description="Largest client event (a base64 append is 4/3 of its audio).")
+    delta_interval_s: float = Field(
+        0.5, gt=0, description="While a turn is spoken, it is decoded again after this much more audio, for deltas."
+    )
+    final_slot_wait_s: float = Field(
+        10.0, gt=0, description="How long a turn's final decode waits for a slot before it fails with kind busy."
+    )
+
+    @property
+    def max_event_bytes(self) -> int:
+        return int(self.max_event_mb * 1024 * 1024)
 
 
 class Settings(BaseSettings):
@@ -269,6 +289,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -8,13 +8,14 @@ from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, WebSocket
 
 from ..engines.base import ClosableAsyncIterator
 from ..errors import ClientGone
 from ..runtime import Runtime
 from ..services.llm import LlmProxy
 from ..services.models import ModelsService
+from ..services.realtime import RealtimeService
 from ..services.speech import SpeechService
 from ..services.transcription import TranscriptionService
 from .middleware import mark_cancelled
@@ -46,10 +47,16 @@ def get_models(request: Request) -> ModelsService:
     return _runtime(request).models
 
 
+def get_realtime(websocket: WebSocket) -> RealtimeService:
+    runtime: Runtime = websocket.app.state.runtime
+    return runtime.realtime
+
+
 TranscriptionDep = Annotated[TranscriptionService, Depends(get_transcription)]
 SpeechDep = Annotated[SpeechService, Depends(get_speech)]
 LlmDep = Annotated[LlmProxy, Depends(get_llm)]
 ModelsDep = Annotated[ModelsService, Depends(get_models)]
+RealtimeDep = Annotated[RealtimeService, Depends(get_realtime)]
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -181,18 +181,31 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+# Browsers cannot set headers on a WebSocket, so OpenAI's realtime clients offer the key as a subprotocol.
+KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
 class ApiKeyMiddleware:
-    """When a key is configured, /v1 and /admin routes need `Authorization: Bearer KEY`."""
+    """When a key is configured, /v1 and /admin routes need `Authorization: Bearer KEY`; a WebSocket may
+    instead offer the subprotocol `openai-insecure-api-key.KEY`."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.api_key = api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key and scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
-            supplied = (_header(scope, b"authorization") or "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(supplied.encode(), self.api_key.encode()):
+        if self.api_key and scope["type"] in ("http", "websocket") and scope["path"].startswith(PROTECTED_PREFIXES):
+            supplied = [(_header(scope, b"authorization") or "").removeprefix("Bearer ").strip()]
+            if scope["type"] == "websocket":
+                supplied += [p.removeprefix(KEY_SUBPROTOCOL_PREFIX) for p in scope.get("subprotocols") or ()
+                             if p.startswith(KEY_SUBPROTOCOL_PREFIX)]
+            if not any(hmac.compare_digest(key.encode(), self.api_key.encode()) for key in supplied if key):
                 message = "this gateway needs an API key: send `Authorization: Bearer <key>` with the key set in AISTACK_API_KEY"
+                if scope["type"] == "websocket":
+                    message += f" (or, from a browser, the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}<key>)"
+                    if "websocket.http.response" not in scope.get("extensions", {}):
+                        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+                        return
                 await envelope_response(401, ErrorKind.UNAUTHORIZED, message)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

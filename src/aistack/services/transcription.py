@@ -147,6 +147,12 @@ class TranscriptionService:
         lease, transcriber = await claim_transcriber(self._scheduler, self._lifecycle, self._backends[card.provider], card, on_lease)
         return Job(lease, transcriber)
 
+    def slot_free_now(self, card: ModelCard) -> bool:
+        """Whether `start` would get a slot on the model's device without queueing (for work that is
+        skipped rather than delayed under load)."""
+        queue = self._scheduler.queue(self._backends[card.provider].device(card))
+        return queue.busy < queue.slots and queue.queued == 0
+
     async def run(self, job: Job, audio: np.ndarray, options: TranscribeOptions) -> AsyncGenerator[TranscriptionInfo | Segment, None]:
         """The detected info first, then each segment as the engine decodes it."""
         transcriber = job.transcriber

@@ -1,0 +1,89 @@
+"""Live transcription sessions without any transport: typed client events in, typed server events out,
+on the real whisper-tiny.en; closing a session mid-decode gives back its slot and ends its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from aistack.protocol import realtime as wire
+from aistack.runtime import build_runtime
+from aistack.services.realtime import SessionEnd
+from aistack.settings import Settings, WhisperSettings
+from conftest import ENGLISH_SENTENCE, run_on_runtime, words
+
+pytestmark = pytest.mark.slow
+
+
+def pcm16_24k(path: Path) -> bytes:
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=24_000)
+        frames = [out for frame in container.decode(audio=0) for out in resampler.resample(frame)]
+        frames += resampler.resample(None)
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype("<i2").tobytes()
+
+
+def event(payload: dict[str, object]) -> wire.SessionUpdate | wire.TranscriptionSessionUpdate | wire.InputAudioBufferAppend \
+        | wire.InputAudioBufferCommit | wire.InputAudioBufferClear:
+    return wire.parse_client_event(json.dumps(payload))
+
+
+def appends(audio: bytes) -> list[wire.InputAudioBufferAppend]:
+    frame = 24_000 * 2 // 25  # 40 ms
+    return [wire.InputAudioBufferAppend(type="input_audio_buffer.append", audio=base64.b64encode(audio[i:i + frame]).decode())
+            for i in range(0, len(audio), frame)]
+
+
+def test_a_session_turns_appended_speech_into_a_transcript_and_closes_clean(models_cache: Path, english_wav: Path) -> None:
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False)))
+    runtime.prepare_weights()
+    speech = bytes(24_000) + pcm16_24k(english_wav) + bytes(48_000)  # 0.5 s, the sentence, 1 s
+
+    async def body() -> None:
+        session = await runtime.realtime.open("legacy")
+        await session.receive(event({"type": "transcription_session.update", "session": {
+            "input_audio_transcription": {"model": "whisper-tiny.en"}}}))
+        for append in appends(speech):
+            await session.receive(append)
+        seen = []
+        async for item in session.events():
+            assert not isinstance(item, SessionEnd)
+            seen.append(item)
+            if isinstance(item, wire.TranscriptionCompleted):
+                break
+        kinds = [type(item).__name__ for item in seen]
+        assert kinds[:2] == ["TranscriptionSessionCreated", "TranscriptionSessionUpdated"]
+        assert [k for k in kinds[2:] if k != "TranscriptionDelta"] == ["SpeechStarted", "SpeechStopped", "Committed",
+                                                                      "TranscriptionCompleted"]
+        assert isinstance(seen[-1], wire.TranscriptionCompleted)
+        assert words(seen[-1].transcript) == words(ENGLISH_SENTENCE)
+        assert session.stats.turns == 1 and abs(session.stats.audio_s - len(speech) / 48_000) < 0.05
+        await session.close()
+
+        # Manual commit, then close while the final decodes: its slot comes back, its tasks end.
+        second = await runtime.realtime.open("ga")
+        await second.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "whisper-tiny.en"}, "turn_detection": None}}}}))
+        for append in appends(speech):
+            await second.receive(append)
+        await second.receive(event({"type": "input_audio_buffer.commit"}))
+        for _ in range(200):  # until the final holds its slot
+            if runtime.scheduler.total_running():
+                break
+            await asyncio.sleep(0.01)
+        assert runtime.scheduler.total_running() == 1
+        await second.close()
+        for _ in range(3000):  # the decode that was running stops at the end of its piece
+            if runtime.scheduler.total_running() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert runtime.scheduler.total_running() == 0 and not runtime.realtime.sessions
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("realtime-")]
+
+    run_on_runtime(runtime, body, timeout=120)
