@@ -87,3 +87,62 @@ def test_a_session_turns_appended_speech_into_a_transcript_and_closes_clean(mode
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("realtime-")]
 
     run_on_runtime(runtime, body, timeout=120)
+
+
+def test_the_final_decode_starts_in_the_trailing_silence_and_is_the_turns_transcript(models_cache: Path, english_wav: Path) -> None:
+    from aistack.settings import RealtimeSettings
+
+    # No partial decodes (a long delta interval), so nothing but the early final can hold the slot.
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
+                                     realtime=RealtimeSettings(delta_interval_s=3600)))
+    runtime.prepare_weights()
+    speech = bytes(24_000) + pcm16_24k(english_wav) + bytes(48_000)  # 0.5 s, the sentence, 1 s
+
+    async def body() -> None:
+        session = await runtime.realtime.open("ga")
+        await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "whisper-tiny.en"}}}}}))
+        for append in appends(speech):
+            await session.receive(append)
+        completed = None
+        async for item in session.events():
+            assert not isinstance(item, (SessionEnd, wire.TranscriptionFailed)), item
+            if isinstance(item, wire.TranscriptionCompleted):
+                completed = item
+                break
+        assert completed is not None and words(completed.transcript) == words(ENGLISH_SENTENCE)
+        assert (session.stats.turns, session.stats.early_finals, session.stats.deltas) == (1, 1, 0)
+        await session.close()
+        assert runtime.scheduler.total_running() == 0
+
+    run_on_runtime(runtime, body)
+
+
+def test_speech_that_resumes_in_a_short_pause_keeps_its_words_in_the_turn(models_cache: Path, english_wav: Path) -> None:
+    from aistack.settings import RealtimeSettings
+
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
+                                     realtime=RealtimeSettings(delta_interval_s=3600)))
+    runtime.prepare_weights()
+    sentence = pcm16_24k(english_wav)
+    # With the sentence's own edges a pause of about 0.33 s: past the 0.2 s after which the final starts
+    # early, short of the 0.5 s that ends a turn.
+    speech = bytes(24_000) + sentence + bytes(5_760) + sentence + bytes(48_000)
+
+    async def body() -> None:
+        session = await runtime.realtime.open("ga")
+        await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "whisper-tiny.en"}}}}}))
+        for append in appends(speech):
+            await session.receive(append)
+        completed = None
+        async for item in session.events():
+            assert not isinstance(item, (SessionEnd, wire.TranscriptionFailed)), item
+            if isinstance(item, wire.TranscriptionCompleted):
+                completed = item
+                break
+        assert completed is not None and words(completed.transcript) == words(ENGLISH_SENTENCE) * 2
+        assert session.stats.turns == 1
+        await session.close()
+
+    run_on_runtime(runtime, body)

@@ -64,9 +64,9 @@ async def realtime(websocket: WebSocket, service: RealtimeDep) -> None:
         await session.close()
         stats = session.stats
         access_log.info(
-            "%s WS /v1/realtime %s model=%s %.1fs audio=%.1fs turns=%d deltas=%d close=%r",
+            "%s WS /v1/realtime %s model=%s %.1fs audio=%.1fs turns=%d deltas=%d early_finals=%d close=%r",
             session.id, session.dialect, session.model, time.perf_counter() - started, stats.audio_s, stats.turns,
-            stats.deltas, reason,
+            stats.deltas, stats.early_finals, reason,
         )
 
 

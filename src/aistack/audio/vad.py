@@ -63,6 +63,11 @@ class SpeechProbabilities:
         self._context = np.zeros(_CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
+    @property
+    def pending_samples(self) -> int:
+        """Samples fed that wait for the rest of their window."""
+        return int(self._pending.size)
+
     def feed(self, samples: np.ndarray) -> np.ndarray:
         """The probabilities of the windows `samples` completes (the rest waits for the next feed)."""
         audio = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
@@ -109,6 +114,22 @@ class SpeechDetector:
     def trailing_silence(self) -> bool:
         """Speech is on, but the probability has fallen: the turn may be about to end."""
         return self.speaking and self._silence_from is not None
+
+    @property
+    def silence_ms(self) -> int:
+        """How long the trailing silence has lasted so far (0 while speech goes on)."""
+        if not self.trailing_silence or self._silence_from is None:
+            return 0
+        return (self._windows * WINDOW - self._silence_from) * 1000 // SAMPLE_RATE
+
+    @property
+    def silence_to_come(self) -> int:
+        """Samples of silence still to come, beyond those fed, before the trailing silence ends the turn."""
+        if not self.trailing_silence or self._silence_from is None:
+            return 0
+        needed = max(1, round(self.params.silence_duration_ms * SAMPLE_RATE / 1000 / WINDOW)) * WINDOW
+        heard = self._windows * WINDOW - self._silence_from + self._probabilities.pending_samples
+        return max(0, needed - heard)
 
     def feed(self, samples: np.ndarray) -> list[SpeechEdge]:
         edges: list[SpeechEdge] = []

@@ -4,8 +4,10 @@ A session takes typed client events (`receive`), turns appended audio into 16 kH
 with server VAD (or waits for the client's commit), and yields typed server events (`events`). While a
 turn is spoken it is decoded again as audio grows, taking a slot only when one is free at once, and
 only the words two consecutive decodes agree on go out as deltas (so none is ever taken back); at the
-turn's end one last decode, which may wait a while for a slot, gives the whole transcript. Each decode
-holds its slot only for its own duration. `close` stops whatever is still running and gives back
+turn's end one last decode, which may wait a while for a slot, gives the whole transcript; with server
+VAD that decode starts early, once the trailing silence has lasted a while, so it is ready about when
+the silence ends the turn (and is dropped if speech resumes). Each decode holds its slot only for its
+own duration. `close` stops whatever is still running and gives back
 every slot it holds.
 """
 
@@ -20,7 +22,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,6 +47,9 @@ GA_FORMATS: dict[str, LiveFormat] = {"audio/pcm": PCM16_24K, "audio/pcmu": PCMU_
 LEGACY_FORMATS: dict[str, LiveFormat] = {"pcm16": PCM16_24K, "g711_ulaw": PCMU_8K, "g711_alaw": PCMA_8K}
 # OpenAI refuses to commit less than this; a shorter buffer is almost surely a client mistake.
 MIN_COMMIT_MS = 100
+# The share of the silence duration after which the final decode starts early (it is ready about
+# the rest of the silence duration sooner than a decode started when the turn ends).
+EARLY_FINAL_AFTER = 0.4
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class Turn:
     sent: list[str] = field(default_factory=list)
     last_partial: list[str] | None = None
     decoded_samples: int = 0
+    # The final decode started early, when the trailing silence began: ready by the time the silence
+    # has lasted long enough to end the turn, unless speech resumed (then it is dropped).
+    early: asyncio.Task[Transcript] | None = None
 
     def audio(self) -> np.ndarray:
         return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
@@ -89,6 +97,7 @@ class SessionStats:
     audio_samples: int = 0
     turns: int = 0
     deltas: int = 0
+    early_finals: int = 0  # finals whose decode had started in the turn's trailing silence
 
     @property
     def audio_s(self) -> float:
@@ -137,6 +146,7 @@ class RealtimeSession:
         self._finals: asyncio.Queue[tuple[Turn, np.ndarray]] = asyncio.Queue()
         self._finals_waiting = 0
         self._delta_task: asyncio.Task[None] | None = None
+        self._early_tasks: set[asyncio.Task[Transcript]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._leases: set[Lease] = set()
         self._ended = False
@@ -194,7 +204,8 @@ class RealtimeSession:
         self.end("closed")
         for lease in list(self._leases):
             lease.abandon()
-        tasks = [*self._tasks, *([self._delta_task] if self._delta_task is not None else [])]
+        tasks: list[asyncio.Task[Any]] = [*self._tasks, *self._early_tasks,
+                                          *([self._delta_task] if self._delta_task is not None else [])]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -406,7 +417,14 @@ class RealtimeSession:
     def _drop_turn(self) -> None:
         if self._turn is not None:
             self._turn.finalizing = True  # a delta decode still running for it sends nothing
+            self._drop_early(self._turn)
             self._turn = None
+
+    @staticmethod
+    def _drop_early(turn: Turn) -> None:
+        if turn.early is not None:
+            turn.early.cancel()
+            turn.early = None
 
     # --- decoding ----------------------------------------------------------------------------
 
@@ -414,6 +432,7 @@ class RealtimeSession:
         return TranscribeOptions(self._config.language, "transcribe", self._config.prompt, None, word_timestamps)
 
     def _maybe_decode_delta(self) -> None:
+        self._maybe_finalize_early()
         turn, card = self._turn, self._config.card
         if turn is None or card is None or self._finals_waiting or (self._delta_task and not self._delta_task.done()):
             return
@@ -426,6 +445,31 @@ class RealtimeSession:
             return
         turn.decoded_samples = turn.samples
         self._delta_task = asyncio.create_task(self._decode_delta(turn, card, turn.audio()), name=f"realtime-delta-{self.id}")
+
+    def _maybe_finalize_early(self) -> None:
+        """Start the turn's final decode as soon as its trailing silence begins (when a slot is free at
+        once), so the final is ready when the silence ends the turn; drop it if speech resumes."""
+        turn, card, detector = self._turn, self._config.card, self._detector
+        if turn is None or card is None or detector is None:
+            return
+        if not detector.trailing_silence:
+            self._drop_early(turn)  # speech went on: that decode missed the words since
+            return
+        # Not at the first quiet window: a pause inside a sentence would start (and waste) a decode
+        # that holds the slot the turn's deltas need.
+        if detector.silence_ms < detector.params.silence_duration_ms * EARLY_FINAL_AFTER:
+            return
+        if turn.early is not None or self._finals_waiting or (self._delta_task and not self._delta_task.done()):
+            return
+        if not self._transcription.slot_free_now(card):
+            return
+        options = self._options(wire.LOGPROBS_INCLUDE in self._config.include)
+        # The rest of the silence as zeros: the audio the final would decode, were the silence silent.
+        audio = np.concatenate([turn.audio(), np.zeros(detector.silence_to_come, dtype=np.float32)])
+        early = asyncio.create_task(self._decode(card, audio, options, wait_s=None), name=f"realtime-early-{self.id}")
+        self._early_tasks.add(early)
+        early.add_done_callback(self._early_tasks.discard)
+        turn.early = early
 
     async def _decode_delta(self, turn: Turn, card: ModelCard, audio: np.ndarray) -> None:
         try:
@@ -471,10 +515,12 @@ class RealtimeSession:
         card = self._config.card
         logprobs_wanted = wire.LOGPROBS_INCLUDE in self._config.include
         try:
-            if card is None:
-                card = await self._transcription.select(AUTO_ID, self._config.language, "transcribe")
-            transcript = await self._decode(card, audio, self._options(logprobs_wanted), wait_s=self._settings.final_slot_wait_s,
-                                            on_granted=granted)
+            transcript = await self._early_final(turn, granted)
+            if transcript is None:
+                if card is None:
+                    card = await self._transcription.select(AUTO_ID, self._config.language, "transcribe")
+                transcript = await self._decode(card, audio, self._options(logprobs_wanted),
+                                                wait_s=self._settings.final_slot_wait_s, on_granted=granted)
         except AistackError as error:
             return wire.TranscriptionFailed(item_id=turn.item_id, error=wire.failure_detail(error))
         logprobs = None
@@ -484,6 +530,22 @@ class RealtimeSession:
                         for segment in transcript.segments for word in segment.words if word.probability is not None]
         return wire.TranscriptionCompleted(item_id=turn.item_id, transcript=transcript.text, logprobs=logprobs,
                                            usage=wire.DurationUsage(seconds=round(audio.size / SAMPLE_RATE, 3)))
+
+    async def _early_final(self, turn: Turn, granted: Callable[[], None]) -> Transcript | None:
+        """The early decode's transcript, or None when there was none or it could not finish."""
+        early, turn.early = turn.early, None
+        if early is None:
+            return None
+        granted()  # this final waits for no slot of its own
+        try:
+            transcript = await early
+            self.stats.early_finals += 1
+            return transcript
+        except (AistackError, asyncio.CancelledError) as error:
+            if isinstance(error, asyncio.CancelledError) and self._ended:
+                raise
+            log.debug("realtime session %s: the early final of %s did not finish; decoding again", self.id, turn.item_id)
+            return None
 
     async def _decode(self, card: ModelCard, audio: np.ndarray, options: TranscribeOptions, wait_s: float | None,
                       on_granted: Callable[[], None] = lambda: None) -> Transcript:
