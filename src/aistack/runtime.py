@@ -182,4 +182,4 @@ def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> Su
                f"holds it for as long as the gateway runs; to free it, stop the gateway, or unset {GGUF_SETTING} "
                "and start it again")
     return SupervisedServerBackend(server.provider, lambda: server.base_url, probe_timeout_s, fix, not_running,
-                                   residency, refusal)
+                                   residency, refusal, api_key=server.api_key, retry_after=server.retry_after_s)

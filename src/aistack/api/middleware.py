@@ -4,16 +4,19 @@ request-scoped clean-up that runs however the request ends, and the last-resort 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
+import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ErrorKind
-from .errors import PayloadTooLarge, envelope_response, too_large_message, unexpected_error_response
+from ..errors import AistackError, ErrorKind
+from ..security import AccessPolicy, AccessScope, key_from_authorization
+from .errors import BodyTooSlow, PayloadTooLarge, envelope_response, too_large_message, unexpected_error_response
 
 access_log = logging.getLogger("aistack.access")
 error_log = logging.getLogger("aistack.errors")
@@ -24,7 +27,7 @@ SLOT_WAIT_HEADER = "x-aistack-slot-wait-ms"
 LANGUAGE_HEADER = "x-aistack-language"
 OUTCOME_KEY = "aistack.outcome"
 CLEANUP_KEY = "aistack.cleanup"
-PROTECTED_PREFIXES = ("/v1/", "/admin/")
+SCOPE_KEY = "aistack.scope"
 
 
 def mark_cancelled(scope: Scope) -> None:
@@ -89,7 +92,7 @@ class UnexpectedErrorMiddleware:
         except Exception as error:
             if started:
                 raise
-            error_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            error_log.exception("unhandled error on %s %s", printable(str(scope.get("method"))), printable(str(scope.get("path"))))
             await unexpected_error_response(error)(scope, receive, send)
 
 
@@ -143,17 +146,18 @@ class AccessLogMiddleware:
                 status = 499
             access_log.info(
                 "%s %s %s %d model=%s %.1fms%s",
-                request_id, scope["method"], scope["path"], status or 500, model, (time.perf_counter() - started) * 1000,
-                slot_wait,
+                printable(request_id), printable(scope["method"]), printable(scope["path"]), status or 500, printable(model),
+                (time.perf_counter() - started) * 1000, printable(slot_wait),
             )
 
 
 class BodyLimitMiddleware:
     """Refuses bodies over the limit with 413 before reading them (Content-Length) or as soon as they pass it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,34 +172,183 @@ class BodyLimitMiddleware:
             await envelope_response(413, ErrorKind.OVERFLOW, too_large_message(self.max_bytes))(scope, receive, send)
             return
         received = 0
+        body_done = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s if self.body_timeout_s is not None else None
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if deadline is None or body_done:
+                message = await receive()
+            else:
+                # A client that trickles its body (a byte a second) is refused once the time is up,
+                # rather than holding a connection and a request for as long as it likes.
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise BodyTooSlow(self.body_timeout_s or 0.0) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise PayloadTooLarge(self.max_bytes)
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-class ApiKeyMiddleware:
-    """When a key is configured, /v1 and /admin routes need `Authorization: Bearer KEY`."""
+class BrowserGuardMiddleware:
+    """Host and Origin rules before any work (security.AccessPolicy): a page on another site cannot
+    drive the gateway (drive-by requests, text/plain and multipart included), and a name an attacker
+    rebinds to 127.0.0.1 is not answered."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+    def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
         self.app = app
-        self.api_key = api_key
+        self.policy = policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key and scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
-            supplied = (_header(scope, b"authorization") or "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(supplied.encode(), self.api_key.encode()):
-                message = "this gateway needs an API key: send `Authorization: Bearer <key>` with the key set in AISTACK_API_KEY"
-                await envelope_response(401, ErrorKind.UNAUTHORIZED, message)(scope, receive, send)
+        if scope["type"] == "http":
+            host = _header(scope, b"host")
+            try:
+                self.policy.check_host(host)
+                self.policy.check_origin(_header(scope, b"origin"), host, scope.get("scheme", "http"))
+            except AistackError as refusal:
+                await envelope_response(refusal.status_code, refusal.kind, refusal.message,
+                                        headers=refusal.headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class ApiKeyMiddleware:
+    """Each route's scope (security.AccessPolicy.required_scope) against the key in `Authorization:
+    Bearer KEY`; the scope granted is kept on the request (`granted_scope`) for routes that show more
+    to admins."""
+
+    def __init__(self, app: ASGIApp, policy: AccessPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            presented = key_from_authorization(_header(scope, b"authorization"))
+            try:
+                granted = self.policy.authorize(presented, self.policy.required_scope(scope["path"]))
+            except AistackError as refusal:
+                headers = {"WWW-Authenticate": "Bearer"} if refusal.kind == ErrorKind.UNAUTHORIZED else None
+                await envelope_response(refusal.status_code, refusal.kind, refusal.message,
+                                        headers=headers)(scope, receive, send)
+                return
+            scope.setdefault("state", {})[SCOPE_KEY] = granted
+        await self.app(scope, receive, send)
+
+
+def granted_scope(scope: Scope) -> AccessScope:
+    """The scope the request's key was granted (ADMIN when the gateway has no keys)."""
+    granted = scope.get("state", {}).get(SCOPE_KEY)
+    return granted if isinstance(granted, AccessScope) else AccessScope.NONE
+
+
+# Control characters (and Unicode line breaks) in anything logged: escaped, so a request cannot forge a log line.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+STOPPING_RETRY_AFTER_S = 5
+
+
+class ShutdownDrain:
+    """The gateway is stopping: requests running get `grace_s` to finish (see DrainMiddleware)."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.stopping = False
+        # Futures of whichever loop serves (not an asyncio.Event, which binds to the first loop it meets).
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def begin(self) -> None:
+        """On the serving loop."""
+        self.stopping = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def grace_over(self) -> None:
+        if not self.stopping:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.discard(waiter)
+        await asyncio.sleep(self.grace_s)
+
+
+def _stopping_error() -> AistackError:
+    return AistackError(ErrorKind.BUSY, "the gateway is stopping; send the request again once it is back",
+                        headers={"Retry-After": str(STOPPING_RETRY_AFTER_S), "Connection": "close"})
+
+
+class DrainMiddleware:
+    """On stop (SIGTERM), a request still running when the grace period ends is ended properly: the
+    503 envelope when nothing was sent yet, one SSE error event on an open event stream. Without
+    this, the server cancels it, which gives a plain-text 500 or a stream that just stops."""
+
+    def __init__(self, app: ASGIApp, drain: ShutdownDrain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.drain.stopping:
+            refusal = _stopping_error()
+            await envelope_response(refusal.status_code, refusal.kind, refusal.message,
+                                    headers=refusal.headers)(scope, receive, send)
+            return
+        started = finished = event_stream = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started, finished, event_stream
+            if message["type"] == "http.response.start":
+                started = True
+                content_type = dict(message.get("headers") or []).get(b"content-type", b"")
+                event_stream = content_type.startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, send_tracking))
+        grace = asyncio.ensure_future(self.drain.grace_over())
+        try:
+            await asyncio.wait({work, grace}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+                ended_by_stop = grace.done() and not grace.cancelled() and grace.exception() is None
+            else:
+                ended_by_stop = False
+            grace.cancel()
+        if not ended_by_stop:
+            work.result()  # the app's own outcome, exceptions included
+            return
+        error_log.warning("stopping: %s %s did not finish within the %.0f s grace period",
+                          printable(str(scope.get("method"))), printable(str(scope.get("path"))), self.drain.grace_s)
+        refusal = _stopping_error()
+        if not started:
+            await envelope_response(refusal.status_code, refusal.kind, refusal.message,
+                                    headers=refusal.headers)(scope, receive, send)
+        elif not finished:
+            tail = b""
+            if event_stream:
+                event = json.dumps({"type": "error", **refusal.envelope()})
+                tail = f"event: error\ndata: {event}\n\n".encode()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack
@@ -163,6 +164,12 @@ class LlmProxy:
                          f"{get_one}serve one on an OpenAI-compatible server listed in AISTACK_LLM__UPSTREAMS",
                          param="model", provider=card.provider)
 
+    def _retry_headers(self, provider: str) -> dict[str, str] | None:
+        """Retry-After for a server that is down for a moment (restarting), so clients wait rather than fail."""
+        upstream = self._upstreams.get(provider)
+        seconds = upstream.retry_after_s() if upstream is not None else None
+        return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds is not None else None
+
     def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
         llm_cards = [c for c in snapshot.cards if c.provider in self._upstreams]
         statuses = [s for s in snapshot.statuses if s.provider in self._upstreams]
@@ -171,7 +178,8 @@ class LlmProxy:
             for missing in status.unavailable:
                 if missing.subject in names:
                     return AistackError(ErrorKind.NETWORK, f"model '{model}' cannot be served now: {missing.reason}; "
-                                        f"{missing.fix}", provider=status.provider)
+                                        f"{missing.fix}", provider=status.provider,
+                                        headers=self._retry_headers(status.provider))
         reachable = [s.provider for s in statuses if not s.unavailable]
         choices = ", ".join(c.id for c in llm_cards if capability in c.capabilities) or "none"
         if not reachable:
@@ -194,7 +202,8 @@ class LlmProxy:
         root = upstream.root_url()
         if root is None:
             missing = upstream.unreachable("it is not running")
-            raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+            raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider,
+                               headers=self._retry_headers(upstream.provider))
         client = self._client(upstream.provider)
         headers = {"content-type": "application/json", "accept-encoding": "identity", **upstream.auth_headers()}
         request = client.build_request("POST", f"{root}/{endpoint}", content=body, headers=headers)
@@ -259,12 +268,15 @@ class LlmProxy:
         what = "stopped sending" if mid_stream else "did not answer"
         where = "in the middle of its answer" if mid_stream else "before answering"
         provider = upstream.provider
-        return transport_error(
+        failure = transport_error(
             error, provider, unreachable=unreachable,
             timed_out=f"{provider} {what} for {self._settings.read_timeout_s:g} s; raise AISTACK_LLM__READ_TIMEOUT_S "
                       "if generations need longer",
             dropped=lambda detail: f"{provider} dropped the connection {where} ({detail})",
         )
+        if failure.kind == ErrorKind.NETWORK:
+            failure.headers = {**failure.headers, **(self._retry_headers(provider) or {})}
+        return failure
 
     async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard,
                               response: httpx.Response) -> UpstreamRefused:
