@@ -118,6 +118,9 @@ def build_runtime(settings: Settings) -> Runtime:
     embedded = EmbeddedLlamaServer(settings.llm.embedded, log_dir=settings.cache_dir / "logs") if settings.llm.embedded.gguf else None
     chat = chat_upstreams(settings, embedded, taken={AUTO_PROVIDER, *by_provider, *upstreams})
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
+    if embedded is not None:
+        # Once it runs (or dies), requests see it at once rather than after the listing's TTL.
+        embedded.state_listeners.append(inventory.invalidate)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
     events = EngineEvents()

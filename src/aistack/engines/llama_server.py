@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -246,6 +247,8 @@ class EmbeddedLlamaServer:
         self.log_path: Path = log_dir / f"llama-server-{safe_model}-{os.getpid()}-{id(self):x}.log"
         # Its own key, made fresh for each gateway: the child answers no one else on its port.
         self.api_key: str = secrets.token_urlsafe(32)
+        # Called on each change of state (the inventory forgets its listing: the server's models came or went).
+        self.state_listeners: list[Callable[[], None]] = []
         self.restarts: int = 0
         self.last_exit: int | None = None
         self.error: str | None = None
@@ -397,6 +400,8 @@ class EmbeddedLlamaServer:
 
     def _set_state(self, state: State) -> None:
         self._state = state
+        for listener in self.state_listeners:
+            listener()
         changed = self._changed
         if changed is not None:
             # Wake every waiter, then give later ones a fresh event to wait on.
