@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from . import __version__
-from .api import admin, audio, health, llm, models, speech
+from .api import admin, audio, health, llm, metrics, models, speech
 from .api.errors import install_error_handlers
 from .api.middleware import (
     AccessLogMiddleware,
@@ -17,10 +17,12 @@ from .api.middleware import (
     BodyLimitMiddleware,
     BrowserGuardMiddleware,
     DrainMiddleware,
+    MetricsMiddleware,
     RequestCleanupMiddleware,
     ShutdownDrain,
     UnexpectedErrorMiddleware,
 )
+from .observability.metrics import GatewayMetrics
 from .protocol.errors import ERROR_RESPONSES
 from .runtime import Runtime, build_runtime
 from .security import AccessPolicy
@@ -33,6 +35,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # Per app: keys and browser rules (any door, the WebSocket one too, asks it), and the stop's drain.
     access = AccessPolicy.from_settings(settings)
     drain = ShutdownDrain(settings.server.shutdown_grace_s)
+    gathered = GatewayMetrics(held.inventory.listed_ids)
+    gathered.watch(held)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,8 +56,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.runtime = held
     app.state.access = access
     app.state.drain = drain
+    app.state.metrics = gathered
     install_error_handlers(app)
-    for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router):
+    for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router, metrics.router):
         app.include_router(router, responses=ERROR_RESPONSES)
     # Added last runs first: the access log (and its X-Request-Id) sees every request, including
     # refused ones; right inside it, the last-resort 500 covers a failure in any other layer; request
@@ -69,6 +74,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # Host and Origin before anything else does work, CORS preflights included.
     app.add_middleware(BrowserGuardMiddleware, policy=access)
     app.add_middleware(DrainMiddleware, drain=drain)
+    app.add_middleware(MetricsMiddleware, metrics=gathered)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(AccessLogMiddleware)
     return app

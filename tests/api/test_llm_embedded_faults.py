@@ -53,6 +53,12 @@ def test_the_child_has_its_own_key_no_aistack_secrets_and_survives_being_killed_
             assert client.post("/v1/chat/completions", json=CHAT).status_code == 401  # the gateway's own key rule
             answer = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
             assert answer.status_code == 200, answer.text
+            # The usage llama.cpp reported, counted per model.
+            reported = answer.json()["usage"]
+            scraped = client.get("/metrics", headers=AUTH).text
+            assert f'aistack_llm_tokens_total{{kind="completion",model="smollm2"}} {float(reported["completion_tokens"])}' in scraped
+            assert f'aistack_llm_tokens_total{{kind="prompt",model="smollm2"}} {float(reported["prompt_tokens"])}' in scraped
+            assert 'aistack_upstream_up{upstream="llama-cpp"} 1.0' in scraped
 
             events: list[str] = []
             with client.stream("POST", "/v1/chat/completions", json=LONG_STREAM, headers=AUTH) as stream:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AistackError, ErrorKind
+from ..observability.metrics import UNMATCHED_ROUTE, GatewayMetrics
 from ..security import AccessPolicy, AccessScope, key_from_authorization
 from .errors import BodyTooSlow, PayloadTooLarge, envelope_response, too_large_message, unexpected_error_response
 
@@ -149,6 +150,41 @@ class AccessLogMiddleware:
                 printable(request_id), printable(scope["method"]), printable(scope["path"]), status or 500, printable(model),
                 (time.perf_counter() - started) * 1000, printable(slot_wait),
             )
+
+
+class MetricsMiddleware:
+    """Counts each request by route template, model and status, with its duration, and those in flight."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        model: str | None = None
+
+        async def send_watching(message: Message) -> None:
+            nonlocal status, model
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for key, value in message.get("headers") or []:
+                    if key.lower() == MODEL_HEADER.encode():
+                        model = value.decode("latin-1")
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_watching)
+        finally:
+            self.metrics.in_flight.dec()
+            if scope.get("state", {}).get(OUTCOME_KEY) == "cancelled":
+                status = 499
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            self.metrics.observe_request(route, model, status, time.perf_counter() - started)
 
 
 class BodyLimitMiddleware:
