@@ -76,5 +76,5 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(DrainMiddleware, drain=drain)
     app.add_middleware(MetricsMiddleware, metrics=gathered)
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, json_lines=settings.server.access_log_format == "json")
     return app

@@ -248,6 +248,9 @@ class ServerSettings(BaseModel):
     body_timeout_s: float = Field(
         120.0, gt=0, description="A request whose body has not fully arrived this long after its headers is refused (408) and closed.",
     )
+    access_log_format: Literal["text", "json"] = Field(
+        "text", description="One access-log line per request: text (control characters escaped) or a JSON object.",
+    )
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="On SIGTERM, running requests get this long to finish; then each open stream ends with "
         "an error event and every other request with the 503 envelope.",

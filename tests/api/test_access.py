@@ -162,3 +162,14 @@ def test_a_body_that_trickles_past_the_time_limit_is_refused(tmp_path: Path) -> 
     assert (b"connection", b"close") in start["headers"]
     error = json.loads(body)["error"]
     assert error["kind"] == "malformed" and "BODY_TIMEOUT_S" in error["message"]
+
+
+def test_the_json_access_log_is_one_object_a_request(tmp_path: Path, caplog) -> None:
+    app = create_app(Settings(cache_dir=tmp_path, server={"access_log_format": "json"}))
+    with caplog.at_level(logging.INFO, logger="aistack.access"):
+        call(app, "GET", "/v1/x%0aforged", headers={"X-Request-Id": "trace-7"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "aistack.access"]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    entry = json.loads(lines[0])
+    assert entry["request_id"] == "trace-7" and entry["path"] == "/v1/x\nforged" and entry["status"] == 404
+    assert entry["method"] == "GET" and entry["duration_ms"] >= 0

@@ -98,10 +98,11 @@ class UnexpectedErrorMiddleware:
 
 
 class AccessLogMiddleware:
-    """Gives each request an id (X-Request-Id) and logs one line when it ends."""
+    """Gives each request an id (X-Request-Id) and logs one line when it ends (text, or a JSON object)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, json_lines: bool = False) -> None:
         self.app = app
+        self.json_lines = json_lines
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,6 +114,7 @@ class AccessLogMiddleware:
         status = 0
         model = "-"
         slot_wait = ""
+        slot_wait_ms: str | None = None
 
         body_done = False
 
@@ -127,7 +129,7 @@ class AccessLogMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, model, slot_wait
+            nonlocal status, model, slot_wait, slot_wait_ms
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_headers = list(message.get("headers") or [])
@@ -135,7 +137,8 @@ class AccessLogMiddleware:
                     if key.lower() == MODEL_HEADER.encode():
                         model = value.decode("latin-1")
                     elif key.lower() == SLOT_WAIT_HEADER.encode():
-                        slot_wait = f" wait={value.decode('latin-1')}ms"
+                        slot_wait_ms = value.decode("latin-1")
+                        slot_wait = f" wait={slot_wait_ms}ms"
                 response_headers.append((b"x-request-id", request_id.encode("latin-1")))
                 message = {**message, "headers": response_headers}
             await send(message)
@@ -145,11 +148,19 @@ class AccessLogMiddleware:
         finally:
             if scope.get("state", {}).get(OUTCOME_KEY) == "cancelled":
                 status = 499
-            access_log.info(
-                "%s %s %s %d model=%s %.1fms%s",
-                printable(request_id), printable(scope["method"]), printable(scope["path"]), status or 500, printable(model),
-                (time.perf_counter() - started) * 1000, printable(slot_wait),
-            )
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if self.json_lines:
+                # JSON escapes control characters itself.
+                access_log.info("%s", json.dumps({
+                    "request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status or 500,
+                    "model": model, "duration_ms": round(elapsed_ms, 1), "slot_wait_ms": slot_wait_ms,
+                }))
+            else:
+                access_log.info(
+                    "%s %s %s %d model=%s %.1fms%s",
+                    printable(request_id), printable(scope["method"]), printable(scope["path"]), status or 500,
+                    printable(model), elapsed_ms, printable(slot_wait),
+                )
 
 
 class MetricsMiddleware:
