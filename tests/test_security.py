@@ -116,6 +116,8 @@ def test_origins_other_than_the_gateways_own_and_configured_ones_are_refused() -
     access = policy(allowed_origins=["https://app.example"])
     access.check_origin(None, "127.0.0.1:11500")
     access.check_origin("http://127.0.0.1:11500", "127.0.0.1:11500")  # the gateway's own page (the console)
+    access.check_origin("http://127.0.0.1:11500", "127.0.0.1:11500", "ws")  # its page opening a WebSocket
+    refusal(lambda: access.check_origin("http://evil.example", "127.0.0.1:11500", "ws"))
     access.check_origin("http://localhost", "localhost:80")
     access.check_origin("https://app.example", "127.0.0.1:11500")
     access.check_origin("https://APP.example/", "127.0.0.1:11500")

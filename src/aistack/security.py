@@ -25,6 +25,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost
 # Paths that answer without a key: probes, and the web console's own page.
 OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 USER_DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+WEB_SCHEME_OF = {"ws": "http", "wss": "https"}
 
 
 class AccessScope(str, Enum):
@@ -215,6 +216,7 @@ class AccessPolicy:
         if self.origin_trusted(origin):
             return
         parsed = urlsplit(origin)
+        scheme = WEB_SCHEME_OF.get(scheme, scheme)  # a WebSocket's page is http(s)
         if host is not None and parsed.scheme == scheme and parsed.netloc:
             default_port = "443" if parsed.scheme == "https" else "80"
             if _with_port(parsed.netloc, default_port) == _with_port(host.strip().lower(), default_port):
