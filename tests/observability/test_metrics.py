@@ -80,6 +80,7 @@ def test_requests_queues_models_and_audio_are_counted(make_inprocess_gateway, en
     # The made-up id never becomes a label.
     assert "no-such-model" not in text
     assert value(found, "aistack_http_requests_in_flight") == 1  # the scrape itself
+    assert value(found, "aistack_realtime_sessions") == 0
     assert (value(found, "aistack_audio_seconds_total", direction="transcribed", model=MODEL) or 0) > 2
     assert (value(found, "aistack_audio_seconds_total", direction="synthesized", model="piper") or 0) > 0.3
     assert (value(found, "aistack_slot_wait_seconds_count", device="cpu") or 0) >= 2

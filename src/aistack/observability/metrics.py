@@ -40,6 +40,8 @@ class GatewayMetrics:
                                          "Time from a request's arrival to the end of its answer.",
                                          ["route", "model"], buckets=REQUEST_BUCKETS, registry=r)
         self.in_flight = Gauge("aistack_http_requests_in_flight", "HTTP requests being answered now.", registry=r)
+        # For the WebSocket door (/v1/realtime): inc() as a session opens, dec() as it closes.
+        self.realtime_sessions = Gauge("aistack_realtime_sessions", "Realtime (WebSocket) sessions open now.", registry=r)
         self.slot_wait = Histogram("aistack_slot_wait_seconds", "Time a job waited in its device's queue for a slot.",
                                    ["device"], buckets=WAIT_BUCKETS, registry=r)
         self.model_loads = Counter("aistack_model_loads", "Model loads finished, by model and outcome (loaded, failed).",
