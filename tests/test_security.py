@@ -124,3 +124,17 @@ def test_origins_other_than_the_gateways_own_and_configured_ones_are_refused() -
     for foreign in ("http://evil.example", "null", "http://127.0.0.1:9999", "https://127.0.0.1:11500"):
         error = refusal(lambda foreign=foreign: access.check_origin(foreign, "127.0.0.1:11500"))
         assert error.kind == ErrorKind.FORBIDDEN and "ALLOWED_ORIGINS" in error.message
+
+
+def test_a_websocket_handshake_is_admitted_by_one_call() -> None:
+    access = policy()
+    own = [(b"host", b"127.0.0.1:11500"), (b"origin", b"http://127.0.0.1:11500")]
+    assert access.admit("/v1/realtime", own, "ws", ["realtime", "openai-insecure-api-key.user-key"]) == USER
+    assert access.admit("/v1/realtime", [*own, (b"authorization", b"bearer admin-key")], "ws") == ADMIN
+    assert refusal(lambda: access.admit("/v1/realtime", own, "ws")).kind == ErrorKind.UNAUTHORIZED
+    foreign = [(b"host", b"127.0.0.1:11500"), (b"origin", b"http://evil.example")]
+    assert refusal(lambda: access.admit("/v1/realtime", foreign, "ws", ["openai-insecure-api-key.user-key"])).kind \
+        == ErrorKind.FORBIDDEN
+    rebound = [(b"host", b"evil.example:11500")]
+    assert refusal(lambda: access.admit("/v1/realtime", rebound, "ws", ["openai-insecure-api-key.user-key"])).kind \
+        == ErrorKind.MALFORMED

@@ -224,6 +224,22 @@ class AccessPolicy:
         raise AistackError(ErrorKind.FORBIDDEN, f"requests from the web origin '{origin[:200]}' are not allowed; "
                                                 "add it to AISTACK_SECURITY__ALLOWED_ORIGINS to let its pages call this gateway")
 
+    def admit(self, path: str, headers: Iterable[tuple[bytes, bytes]], scheme: str = "http",
+              subprotocols: Iterable[str] = ()) -> AccessScope:
+        """Every rule at once, for a door that checks a handshake itself (a WebSocket): Host, Origin,
+        then the key from `Authorization: Bearer KEY` or the `openai-insecure-api-key.KEY`
+        subprotocol, against `path`'s scope. The scope granted, or the AistackError refusing it."""
+        found: dict[bytes, str] = {}
+        for name, value in headers:
+            found.setdefault(name.lower(), value.decode("latin-1"))
+        host = found.get(b"host")
+        self.check_host(host)
+        self.check_origin(found.get(b"origin"), host, scheme)
+        presented = key_from_authorization(found.get(b"authorization"))
+        if presented is None:
+            presented = key_from_subprotocols(subprotocols)
+        return self.authorize(presented, self.required_scope(path))
+
     def origin_trusted(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin.rstrip("/").lower() in self.allowed_origins
 
