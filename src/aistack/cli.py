@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--allow-unauthenticated-network", action="store_true", default=None,
+                       help="serve on an address other than loopback without any API key")
     serve.add_argument("--port", type=int,
                        help="port to bind (default 11500; 0 picks a free one, named in the 'aistack ... on URL' log line)")
     commands.add_parser("models", parents=[common], help="the live inventory as a table, and which models are pulled")
@@ -69,8 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config, host=getattr(args, "host", None), port=getattr(args, "port", None))
+        if getattr(args, "allow_unauthenticated_network", None):
+            settings.security.allow_unauthenticated_network = True
+        if args.command == "serve":
+            from .security import AccessPolicy
+            from .serving import network_refusal
+
+            refusal = network_refusal(settings, AccessPolicy.from_settings(settings).has_keys)
+            if refusal is not None:
+                print(f"aistack: {refusal}", file=sys.stderr)
+                return 2
     except (FileNotFoundError, ValueError) as error:  # pydantic's ValidationError is a ValueError
         print(f"aistack: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # an unreadable key file
+        print(f"aistack: cannot read the key file: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     if args.command == "pull":
@@ -85,19 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_forever(settings: Settings, runtime: Runtime) -> int:
-    import uvicorn
-
     from .app import create_app
+    from .serving import GatewayServer, uvicorn_config
 
     joined = runtime.prepare_weights()
     if joined:
         log.info("weights ready: %s", ", ".join(joined))
     app = create_app(settings, runtime)
-    # A WebSocket frame a little over realtime.max_event_mb gets an error event; one far over it is
-    # closed by the server (1009) before it is held in memory.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
-                            log_level=settings.log_level, timeout_graceful_shutdown=5,
-                            ws_max_size=settings.realtime.max_event_bytes + 1024 * 1024)
+    config = uvicorn_config(app, settings)
     # Bound here, before serving, so that with port 0 the line below names the port really bound
     # (a caller reads it from the log instead of guessing a free port that someone may take first).
     sock = config.bind_socket()
@@ -107,7 +117,7 @@ def serve_forever(settings: Settings, runtime: Runtime) -> int:
     log.info("aistack %s on %s (OpenAI base URL: %s/v1)", __version__, url, url)
     for line in served_lines(asyncio.run(runtime.inventory.snapshot())):
         log.info("%s", line)
-    server = uvicorn.Server(config)
+    server = GatewayServer(config, app.state.drain)
     server.run(sockets=[sock])
     return 0 if server.started else STARTUP_FAILURE
 

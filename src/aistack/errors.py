@@ -12,6 +12,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 class ErrorKind(str, Enum):
     MALFORMED = "malformed"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     OVERFLOW = "overflow"
     CANCELLED = "cancelled"
@@ -24,6 +25,7 @@ class ErrorKind(str, Enum):
 STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.MALFORMED: 400,
     ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.OVERFLOW: 413,
     ErrorKind.CANCELLED: 499,
@@ -37,6 +39,7 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
 # the kind answered with it; any other 4xx is the request's fault, any other 5xx the server's.
 KIND_BY_STATUS: dict[int, ErrorKind] = {
     401: ErrorKind.UNAUTHORIZED,
+    403: ErrorKind.FORBIDDEN,
     404: ErrorKind.NOT_FOUND,
     413: ErrorKind.OVERFLOW,
     429: ErrorKind.BUSY,
@@ -54,6 +57,7 @@ def kind_for_status(status: int) -> ErrorKind:
 OPENAI_TYPE_BY_KIND: dict[ErrorKind, str] = {
     ErrorKind.MALFORMED: "invalid_request_error",
     ErrorKind.UNAUTHORIZED: "authentication_error",
+    ErrorKind.FORBIDDEN: "permission_error",
     ErrorKind.NOT_FOUND: "invalid_request_error",
     ErrorKind.OVERFLOW: "invalid_request_error",
     ErrorKind.CANCELLED: "request_cancelled",

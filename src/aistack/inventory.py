@@ -95,6 +95,8 @@ class Inventory:
         self._probes_in_flight: dict[str, Future[BackendStatus]] = {}
         # Each backend's model ids as last seen, so a probe that fails names the models it hides.
         self._last_ids: dict[str, tuple[str, ...]] = {}
+        # How long each backend's latest probe took (the probe-latency metric).
+        self.probe_seconds: dict[str, float] = {}
 
     async def snapshot(self, allow_stale: bool = False) -> Snapshot:
         """The listing, probed at most `ttl_s` ago. With `allow_stale` (a request choosing its model),
@@ -152,7 +154,23 @@ class Inventory:
         self._probes_in_flight[backend.provider] = future
         return future
 
+    def last_snapshot(self) -> Snapshot | None:
+        """The latest listing as it is, without probing."""
+        return self._snapshot
+
+    def listed_ids(self) -> frozenset[str]:
+        """The model ids of the latest listing, without probing (metric labels are bounded by it)."""
+        current = self._snapshot
+        return frozenset(card.id for card in current.listing()) if current is not None else frozenset()
+
     async def _probe(self, backend: ProbedEngine) -> BackendStatus:
+        started = time.perf_counter()
+        try:
+            return await self._probe_timed(backend)
+        finally:
+            self.probe_seconds[backend.provider] = time.perf_counter() - started
+
+    async def _probe_timed(self, backend: ProbedEngine) -> BackendStatus:
         try:
             future = asyncio.wrap_future(self._probe_future(backend))
             status = await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)

@@ -14,7 +14,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +56,8 @@ class ModelLifecycle:
         self._settings = settings
         self._entries: dict[str, ResidentModel] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Told (event, model id, seconds) as each load ends ("loaded" or "load_failed") and each unload ("unloaded").
+        self.listeners: list[Callable[[str, str, float], None]] = []
         # Created with the lifecycle, before any engine starts its threads (it caps malloc's arenas).
         self.memory = ProcessMemory(settings.malloc_arena_max)
 
@@ -198,6 +200,7 @@ class ModelLifecycle:
         return entry
 
     async def _load(self, entry: ResidentModel, backend: ManagedBackend) -> None:
+        started = time.perf_counter()
         try:
             await self._make_room_for(entry)
             started = time.perf_counter()
@@ -210,6 +213,7 @@ class ModelLifecycle:
                 del self._entries[entry.card.id]
             if isinstance(error, Exception):
                 log.exception("loading %s failed", entry.card.id)
+            self._tell("load_failed", entry.card.id, time.perf_counter() - started)
             failure = error if isinstance(error, Exception) else RuntimeError(f"loading {entry.card.id} was interrupted")
             entry.ready.set_exception(failure)
             if not isinstance(error, Exception):
@@ -220,7 +224,15 @@ class ModelLifecycle:
         entry.idle_since = time.monotonic()
         log.info("%s is resident on %s (about %d MB) after %.2f s",
                  entry.card.id, entry.device, entry.size_bytes >> 20, time.perf_counter() - started)
+        self._tell("loaded", entry.card.id, time.perf_counter() - started)
         entry.ready.set_result(None)
+
+    def _tell(self, event: str, model_id: str, seconds: float) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, model_id, seconds)
+            except Exception:  # a metric must not break a load
+                log.exception("a lifecycle listener failed")
 
     async def _make_room_for(self, entry: ResidentModel) -> None:
         """Unload least-recently-used idle models until `entry` fits the budget (or nothing more can go)."""
@@ -276,6 +288,7 @@ class ModelLifecycle:
         backend = self._backends[entry.card.provider]
         # Engine libraries' code is paged out only when no other model may be running it.
         last = all(e is entry for e in self._entries.values())
+        started = time.perf_counter()
         try:
             if isinstance(backend, ServerBackend):
                 await backend.stop_serving(holder.pop())
@@ -289,6 +302,7 @@ class ModelLifecycle:
         finally:
             if self._entries.get(entry.card.id) is entry:
                 del self._entries[entry.card.id]
+            self._tell("unloaded", entry.card.id, time.perf_counter() - started)
             assert entry.unloading is not None
             if not entry.unloading.done():
                 entry.unloading.set_result(None)

@@ -146,6 +146,9 @@ def build_runtime(settings: Settings) -> Runtime:
     # A server started on demand is loaded and unloaded by the lifecycle, like a model in this process.
     by_provider.update({p: u for p, u in chat.items() if isinstance(u, OnDemandServerBackend)})
     inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
+    if embedded is not None:
+        # Once it runs (or dies), requests see it at once rather than after the listing's TTL.
+        embedded.state_listeners.append(inventory.invalidate)
     lifecycle = ModelLifecycle(by_provider, settings.models)
     gate = UpstreamGate(settings.scheduler, scheduler, lifecycle)
     events = EngineEvents()
@@ -227,4 +230,4 @@ def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> Su
                f"holds it for as long as the gateway runs; to free it, stop the gateway, or unset {GGUF_SETTING} "
                "and start it again")
     return SupervisedServerBackend(server.provider, lambda: server.base_url, probe_timeout_s, fix, not_running,
-                                   residency, refusal)
+                                   residency, refusal, api_key=server.api_key, retry_after=server.retry_after_s)

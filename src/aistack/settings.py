@@ -256,6 +256,47 @@ class RealtimeSettings(BaseModel):
         return int(self.max_event_mb * 1024 * 1024)
 
 
+class SecuritySettings(BaseModel):
+    """Keys, scopes and the browser rules (README: Running it on a network)."""
+
+    user_keys: list[str] = Field(default_factory=list, description="Keys for the /v1 API (WebSocket included) and /docs.")
+    admin_keys: list[str] = Field(default_factory=list, description="Keys for everything: /admin, /metrics and the user routes.")
+    key_file: Path | None = Field(
+        None, description="A file of keys, one per line: KEY (user scope), `user KEY` or `admin KEY`; keeps keys out of "
+        "the process list and the environment.",
+    )
+    allow_unauthenticated_network: bool = Field(
+        False, description="Serve on an address other than loopback without any key (anyone who reaches it may use it).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the gateway answers to beyond loopback names and IP addresses (e.g. aistack.lan); "
+        "\"*\" allows any (DNS rebinding is then possible).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port]) whose pages may call the gateway; CORS headers go only to them. "
+        "\"*\" allows every origin.",
+    )
+    public_metrics: bool = Field(False, description="Serve /metrics without a key even when keys are set.")
+
+
+class ServerSettings(BaseModel):
+    """The HTTP server's time limits."""
+
+    header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request headers are not complete within this is closed.")
+    body_timeout_s: float = Field(
+        120.0, gt=0, description="A request whose body has not fully arrived this long after its headers is refused (408) and closed.",
+    )
+    access_log_format: Literal["text", "json"] = Field(
+        "text", description="One access-log line per request: text (control characters escaped) or a JSON object.",
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, running requests get this long to finish; then each open stream ends with "
+        "an error event and every other request with the 503 envelope.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -265,7 +306,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(11500, ge=0, le=65535)
-    api_key: str | None = Field(None, description="When set, every /v1 and /admin request needs `Authorization: Bearer KEY`.")
+    api_key: str | None = Field(
+        None, description="An admin-scoped key (as security.admin_keys): /v1, /admin and /metrics need `Authorization: Bearer KEY`.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     cache_dir: Path = Field(default_factory=_default_cache_dir)
@@ -290,6 +333,8 @@ class Settings(BaseSettings):
     models: ModelLifecycleSettings = Field(default_factory=ModelLifecycleSettings)
     wyoming: WyomingSettings = Field(default_factory=WyomingSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -316,7 +316,7 @@ def test_a_client_that_leaves_while_sending_its_request_is_a_499_not_an_error(ma
     address = urlsplit(gateway.url)
     caplog.set_level("INFO", logger="aistack")
     with socket.create_connection((address.hostname, address.port)) as raw:
-        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                     b"Content-Length: 1000\r\n\r\n{\"model\": \"llama3.2")
         # Leave once the gateway has the request's head and is reading its body.
         assert wait_until(lambda: len(gateway.server.server_state.tasks) == 1, 10)

@@ -84,7 +84,7 @@ def test_a_500_carries_the_request_id_and_is_logged_with_it(caplog) -> None:
 
     async def scenario() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://aistack") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return await client.get("/v1/broken", headers={"x-request-id": "req-500"})
 
     with caplog.at_level("INFO", logger="aistack.access"):
@@ -98,7 +98,7 @@ def test_a_content_length_that_is_no_number_is_a_400_envelope_with_the_request_i
     # Before: the body limit's int() raised outside the last-resort handler: a plain-text 500 without an id.
     async def scenario() -> httpx.Response:
         transport = httpx.ASGITransport(app=gateway_app(), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://aistack") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return await client.post("/v1/chat/completions", content=b"{}",
                                      headers={"content-type": "application/json", "content-length": b"\xb2"})
 

@@ -37,7 +37,7 @@ JSON_ANSWERS: dict[str, set[str] | None] = {
 def spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     app = create_app(Settings(cache_dir=Path(tmp_path_factory.mktemp("cache"))))
     with pytest.warns(UserWarning, match="Duplicate Operation ID"):  # GET and HEAD share one function
-        body: dict[str, Any] = TestClient(app).get("/openapi.json").json()
+        body: dict[str, Any] = TestClient(app, base_url="http://localhost").get("/openapi.json").json()
     routers = (health.router, models.router, audio.router, speech.router, llm.router, admin.router)
     routes = {route.path_format for router in routers for route in router.routes if isinstance(route, APIRoute)}
     assert routes == set(JSON_ANSWERS), "a route was added or removed: say here what it answers"

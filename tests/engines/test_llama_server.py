@@ -35,8 +35,10 @@ def make(tmp_path: Path, **overrides) -> EmbeddedLlamaServer:
     return EmbeddedLlamaServer(EmbeddedLlmSettings(**fields), log_dir=tmp_path / "logs")
 
 
-async def chat(base_url: str, model: str) -> str:
-    async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
+async def chat(base_url: str, model: str, api_key: str | None = None) -> str:
+    # The supervised child answers only with the key its supervisor made for it.
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(trust_env=False, timeout=30, headers=headers) as client:
         response = await client.post(
             f"{base_url}/chat/completions",
             json={"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0},
@@ -115,7 +117,7 @@ def test_start_is_health_gated_answers_and_stop_reaps_the_child(tmp_path: Path) 
             assert server.base_url == f"http://127.0.0.1:{port}/v1"
             # The child serves on the socket the supervisor bound and handed down.
             assert port in listening_ports(pid)
-            assert await chat(server.base_url, "smollm2")
+            assert await chat(server.base_url, "smollm2", server.api_key)
             info = server.describe()
             assert info["state"] == "running" and info["pid"] == pid and info["port"] == port
             assert info["model"] == "smollm2" and info["restarts"] == 0 and info["last_exit"] is None
@@ -151,7 +153,7 @@ def test_a_killed_child_is_restarted_on_the_same_port(tmp_path: Path, run) -> No
             assert server.port == port  # the supervisor kept the socket, so the new child serves on it
             assert port in listening_ports(server.pid)
             assert not psutil.pid_exists(first_pid)  # reaped, not a zombie
-            assert await chat(server.base_url, "smollm2")
+            assert await chat(server.base_url, "smollm2", server.api_key)
             second_pid = server.pid
         finally:
             await server.stop()

@@ -29,6 +29,14 @@ class PayloadTooLarge(StarletteHTTPException):
         super().__init__(413, too_large_message(limit_bytes))
 
 
+class BodyTooSlow(StarletteHTTPException):
+    """The body did not arrive in time (`server.body_timeout_s`); the connection is closed after the answer."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(400, f"the request body did not arrive within {timeout_s:g} s; send it faster, or raise "
+                              "AISTACK_SERVER__BODY_TIMEOUT_S", headers={"Connection": "close"})
+
+
 def unexpected_error_response(error: BaseException) -> JSONResponse:
     return envelope_response(500, ErrorKind.UNKNOWN,
                              f"aistack hit an internal error ({type(error).__name__}); the server log has the details")

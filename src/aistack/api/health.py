@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from .. import __version__
 from ..protocol.health import Health, Ready
+from ..security import AccessScope
 from .deps import ModelsDep
+from .middleware import granted_scope
 
 router = APIRouter(tags=["health"])
 
@@ -18,5 +20,7 @@ async def health() -> Health:
 
 
 @router.api_route("/ready", methods=["GET", "HEAD"], response_model=Ready)
-async def ready(models: ModelsDep) -> Ready:
-    return await models.readiness()
+async def ready(models: ModelsDep, request: Request) -> Ready:
+    readiness = await models.readiness()
+    # Paths, PIDs and ports only to admins (everyone, when the gateway has no keys: it is then loopback-only).
+    return readiness if granted_scope(request.scope) == AccessScope.ADMIN else readiness.without_details()

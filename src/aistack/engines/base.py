@@ -295,6 +295,10 @@ class ChatUpstream(Protocol):
         tried when no model has the id itself."""
         ...
 
+    def retry_after_s(self) -> float | None:
+        """While it is down for a moment (a supervised server restarting): when to try again; else None."""
+        ...
+
 
 ResidencyState = Literal["loading", "loaded", "unloading", "unloaded"]
 

@@ -6,14 +6,19 @@ that the parent bound and handed down.
 passes the listening socket as fd N, so the port is known before the child starts and no other
 process can take it in between (a port looked up free and bound later can be). The arguments
 after `--fd` are llama_cpp.server's own, parsed as `python -m llama_cpp.server` parses them;
-its `--host` and `--port` are accepted but unused, since the socket is already bound.
+its `--host` and `--port` are accepted but unused, since the socket is already bound. The API key
+it requires comes in the environment variable LLAMA_CHILD_API_KEY.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
+
+# The environment variable that hands the child its API key (see llama_server.child_environment).
+KEY_ENV = "LLAMA_CHILD_API_KEY"
 
 
 def parse_fd(argv: list[str]) -> tuple[int, list[str]]:
@@ -36,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(rest)  # an unknown flag exits 2, as llama_cpp.server does
     # As llama_cpp.server's own parse_model_from_args does (whose annotation says it returns a class).
     given = {name: value for name, value in vars(args).items() if value is not None}
+    # The key the parent made for this child, from the environment rather than argv (which any user can read).
+    child_key = os.environ.pop(KEY_ENV, None)
+    if child_key:
+        given["api_key"] = child_key
     server_settings = ServerSettings(**{k: v for k, v in given.items() if k in ServerSettings.model_fields})
     model_settings = [ModelSettings(**{k: v for k, v in given.items() if k in ModelSettings.model_fields})]
     app = create_app(server_settings=server_settings, model_settings=model_settings)

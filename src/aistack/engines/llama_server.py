@@ -38,6 +38,7 @@ import importlib.util
 import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +76,8 @@ HEALTHY_RESET_S = 60.0
 STOP_GRACE_S = 10.0
 HEALTH_POLL_S = 0.1
 HEALTH_REQUEST_TIMEOUT_S = 2.0
+# Environment variables the child does not inherit: aistack's settings (its keys among them) and hub tokens.
+SECRET_ENV_PREFIXES = ("AISTACK_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 LOG_TAIL_BYTES = 4096
 LOG_TAIL_LINES = 25
 
@@ -166,6 +170,15 @@ def bind_listening_socket() -> socket.socket:
 def child_command(listening_fd: int, server_args: list[str]) -> list[str]:
     """The command that serves llama_cpp.server's app, with `server_args`, on the inherited socket."""
     return [sys.executable, "-m", CHILD_MODULE, "--fd", str(listening_fd), *server_args]
+
+
+def child_environment(api_key: str) -> dict[str, str]:
+    """The child's environment: the gateway's, without aistack's own settings (keys and tokens among
+    them), plus the key the child requires of every caller."""
+    from .llama_child import KEY_ENV
+
+    inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith(SECRET_ENV_PREFIXES)}
+    return {**inherited, "PYTHONUNBUFFERED": "1", KEY_ENV: api_key}
 
 
 def describe_exit(returncode: int | None) -> str | None:
@@ -270,6 +283,10 @@ class EmbeddedLlamaServer:
             log_dir = Path(tempfile.gettempdir()) / f"aistack-{uid}"
         safe_model = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_id or "model")
         self.log_path: Path = log_dir / f"llama-server-{safe_model}-{os.getpid()}-{id(self):x}.log"
+        # Its own key, made fresh for each gateway: the child answers no one else on its port.
+        self.api_key: str = secrets.token_urlsafe(32)
+        # Called on each change of state (the inventory forgets its listing: the server's models came or went).
+        self.state_listeners: list[Callable[[], None]] = []
         self.restarts: int = 0
         self.last_exit: int | None = None
         self.error: str | None = None
@@ -324,6 +341,17 @@ class EmbeddedLlamaServer:
     def problem(self) -> str | None:
         """A setup problem that no restart can fix (GGUF missing, library missing), or None."""
         return self.gguf_missing() or self.library_missing()
+
+    def retry_after_s(self) -> float | None:
+        """While it starts or restarts: about when it answers again (1 s while it runs: a refusal then is
+        the moment before the gateway sees it healthy again); None when it will not come back by itself."""
+        if self._state == "running":
+            return 1.0
+        if self._state in ("starting", "restarting") or (self._state == "failed" and self.retrying):
+            if self._next_attempt_at is not None:
+                return max(1.0, self._next_attempt_at - time.monotonic() + 1.0)
+            return 1.0
+        return None
 
     def describe(self) -> dict[str, Any]:
         retry_in = None
@@ -415,6 +443,8 @@ class EmbeddedLlamaServer:
 
     def _set_state(self, state: State) -> None:
         self._state = state
+        for listener in self.state_listeners:
+            listener()
         changed = self._changed
         if changed is not None:
             # Wake every waiter, then give later ones a fresh event to wait on.
@@ -525,7 +555,7 @@ class EmbeddedLlamaServer:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=child_environment(self.api_key),
                 close_fds=True,
                 pass_fds=(listening_fd,),
                 # Its own session: a Ctrl-C on the gateway's terminal reaches the gateway, which
@@ -560,7 +590,8 @@ class EmbeddedLlamaServer:
             if remaining <= 0:
                 return f"the server was not healthy within {self.settings.start_timeout_s:g} s and was stopped"
             try:
-                response = await client.get(url, timeout=min(HEALTH_REQUEST_TIMEOUT_S, remaining))
+                response = await client.get(url, timeout=min(HEALTH_REQUEST_TIMEOUT_S, remaining),
+                                            headers={"Authorization": f"Bearer {self.api_key}"})
                 if response.status_code == 200:
                     return None
             except httpx.HTTPError:

@@ -65,6 +65,9 @@ class OllamaBackend:
     def missing_model_fix(self, model_id: str) -> str | None:
         return f"ollama pull {model_id}"
 
+    def retry_after_s(self) -> float | None:
+        return None
+
     def canonical_ids(self, model: str) -> tuple[str, ...]:
         # An untagged name means `:latest`, as `ollama run NAME` does.
         return () if ":" in model.rpartition("/")[2] else (f"{model}:latest",)

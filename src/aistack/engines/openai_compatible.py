@@ -66,6 +66,9 @@ class OpenAICompatibleBackend:
     def missing_model_fix(self, model_id: str) -> str | None:
         return None
 
+    def retry_after_s(self) -> float | None:
+        return None
+
     def canonical_ids(self, model: str) -> tuple[str, ...]:
         return ()
 
@@ -122,10 +125,16 @@ class SupervisedServerBackend(OpenAICompatibleBackend):
         not_running: Callable[[], str],
         residency: Callable[[], dict[str, Residency]],
         unload_refusal: str,
+        api_key: str | None = None,
+        retry_after: Callable[[], float | None] | None = None,
     ) -> None:
-        super().__init__(provider, root_url, None, probe_timeout_s, start_fix, not_running)
+        super().__init__(provider, root_url, api_key, probe_timeout_s, start_fix, not_running)
         self._residency = residency
         self._unload_refusal = unload_refusal
+        self._retry_after = retry_after
+
+    def retry_after_s(self) -> float | None:
+        return self._retry_after() if self._retry_after is not None else None
 
     async def resident(self) -> dict[str, Residency]:
         return {model_id: held for model_id, held in self._residency().items() if held.state != "unloaded"}

@@ -18,6 +18,15 @@ class EngineEvents:
     def __init__(self) -> None:
         self._step_listeners: list[StepListener] = []
         self._lock = threading.Lock()
+        # Told ("transcribed" or "synthesized", model id, seconds of audio), on the serving loop.
+        self.audio_listeners: list[Callable[[str, str, float], None]] = []
+
+    def audio_done(self, direction: str, model_id: str, seconds: float) -> None:
+        for listener in self.audio_listeners:
+            try:
+                listener(direction, model_id, seconds)
+            except Exception:  # a metric must not stop a request
+                log.exception("an audio listener failed")
 
     def on_step(self, listener: StepListener) -> Callable[[], None]:
         with self._lock:

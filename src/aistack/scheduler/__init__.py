@@ -33,6 +33,8 @@ class Scheduler:
         self._settings = settings
         self._queues: dict[str, DeviceQueue] = {}
         self._workers: dict[str, ThreadPoolExecutor] = {}
+        # (device, seconds waited for a slot), for every queue, present and future.
+        self.wait_listeners: list[Callable[[str, float], None]] = []
         self.queue(CPU)
 
     def slots_on(self, device: str) -> int:
@@ -43,7 +45,7 @@ class Scheduler:
         if found is None:
             s = self._settings
             slots = self.slots_on(device)
-            found = self._queues[device] = DeviceQueue(device, slots, s.queue_size, s.max_wait_s)
+            found = self._queues[device] = DeviceQueue(device, slots, s.queue_size, s.max_wait_s, self.wait_listeners)
             # One thread per slot: a job holds its slot until the engine has stopped.
             self._workers[device] = ThreadPoolExecutor(slots, thread_name_prefix=f"aistack-{device}")
         return found

@@ -79,8 +79,11 @@ class _Waiter:
 
 
 class DeviceQueue:
-    def __init__(self, device: str, slots: int, queue_size: int, max_wait_s: float) -> None:
+    def __init__(self, device: str, slots: int, queue_size: int, max_wait_s: float,
+                 wait_listeners: list[Callable[[str, float], None]] | None = None) -> None:
         self.device = device
+        # Told (device, seconds waited) at each grant: the slot-wait metric.
+        self.wait_listeners = wait_listeners if wait_listeners is not None else []
         self.slots = slots
         self.queue_size = queue_size
         self.max_wait_s = max_wait_s
@@ -144,6 +147,8 @@ class DeviceQueue:
         self._running[capability] += 1
         self._waits.append(waited_s)
         self.granted += 1
+        for listener in self.wait_listeners:
+            listener(self.device, waited_s)
         return lease
 
     def _release(self, lease: Lease, served: bool) -> None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +74,17 @@ class UpstreamAnswer:
         await self.held.aclose()
 
 
+# The usage an OpenAI-compatible answer reports comes last (the body's end, or the stream's last chunk).
+USAGE_TAIL_BYTES = 4096
+PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+
+
+def _last_count(pattern: re.Pattern[bytes], tail: bytes) -> int | None:
+    found = pattern.findall(tail)
+    return int(found[-1]) if found else None
+
+
 class LlmProxy:
     def __init__(self, settings: LlmSettings, inventory: Inventory, upstreams: Mapping[str, ChatUpstream],
                  gate: UpstreamGate, embeddings: EmbeddingService | None = None,
@@ -84,6 +97,8 @@ class LlmProxy:
         self._embeddings = embeddings
         self._lifecycle = lifecycle
         self._clients: dict[str, PooledClient] = {}
+        # Told (model id, prompt tokens, completion tokens) where an upstream's answer reports its usage.
+        self.usage_listeners: list[Callable[[str, int, int], None]] = []
 
     async def relay(self, endpoint: str, body: bytes) -> UpstreamAnswer:
         """Send `body` to `POST /v1/{endpoint}` of the model's upstream; its answer once its headers are in."""
@@ -183,6 +198,12 @@ class LlmProxy:
                          f"{get_one}serve one on an OpenAI-compatible server listed in AISTACK_LLM__UPSTREAMS",
                          param="model", provider=card.provider)
 
+    def _retry_headers(self, provider: str) -> dict[str, str] | None:
+        """Retry-After for a server that is down for a moment (restarting), so clients wait rather than fail."""
+        upstream = self._upstreams.get(provider)
+        seconds = upstream.retry_after_s() if upstream is not None else None
+        return {"Retry-After": str(max(1, math.ceil(seconds)))} if seconds is not None else None
+
     def _unknown(self, model: str, capability: str, snapshot: Snapshot) -> AistackError:
         llm_cards = [c for c in snapshot.cards if self._serves(c)]
         statuses = [s for s in snapshot.statuses if self._answers_for(s, capability)]
@@ -191,7 +212,8 @@ class LlmProxy:
             for missing in status.unavailable:
                 if missing.subject in names:
                     return AistackError(ErrorKind.NETWORK, f"model '{model}' cannot be served now: {missing.reason}; "
-                                        f"{missing.fix}", provider=status.provider)
+                                        f"{missing.fix}", provider=status.provider,
+                                        headers=self._retry_headers(status.provider))
         reachable = [s.provider for s in statuses if not s.unavailable]
         choices = ", ".join(c.id for c in llm_cards if capability in c.capabilities) or "none"
         if not reachable:
@@ -221,7 +243,8 @@ class LlmProxy:
             root = upstream.root_url()
             if root is None:
                 missing = upstream.unreachable("it is not running")
-                raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider)
+                raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider,
+                                   headers=self._retry_headers(upstream.provider))
             await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
         except BaseException:
             await held.aclose()
@@ -246,16 +269,17 @@ class LlmProxy:
         content_type = response.headers.get("content-type", "")
         relayed = {name: response.headers[name] for name in RELAYED_HEADERS if name in response.headers}
         is_event_stream = content_type.startswith("text/event-stream")
-        return UpstreamAnswer(card, response.status_code, relayed, self._body(upstream, response, held, is_event_stream),
-                              is_event_stream, held)
+        return UpstreamAnswer(card, response.status_code, relayed,
+                              self._body(upstream, response, held, is_event_stream, card.id), is_event_stream, held)
 
     async def _body(self, upstream: ChatUpstream, response: httpx.Response, held: AsyncExitStack,
-                    is_event_stream: bool) -> AsyncGenerator[bytes, None]:
-        tail = b""  # the end of what was relayed, to see whether an event stream finished
+                    is_event_stream: bool, model_id: str = "") -> AsyncGenerator[bytes, None]:
+        tail = b""  # the end of what was relayed: whether an event stream finished, and the usage it reported
         try:
             async for chunk in response.aiter_raw():
-                tail = (tail + chunk)[-64:]
+                tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
                 yield chunk
+            self._tell_usage(model_id, tail, response.headers.get("content-encoding"))
         except httpx.HTTPError as error:
             failure = self._transport_error(upstream, error, mid_stream=True)
             log.warning("%s failed mid-answer: %s", upstream.provider, failure.message)
@@ -265,12 +289,25 @@ class LlmProxy:
             return
         finally:
             await held.aclose()
-        if is_event_stream and STREAM_END not in tail:
+        if is_event_stream and STREAM_END not in tail[-64:]:
             # Ollama ends a stream whose runner died with an empty chunk and no [DONE].
             failure = AistackError(ErrorKind.UNKNOWN, f"{upstream.provider} ended its stream without finishing it "
                                    "(no [DONE]); the answer is incomplete", provider=upstream.provider)
             log.warning("%s", failure.message)
             yield sse.data_event(failure.envelope())
+
+    def _tell_usage(self, model_id: str, tail: bytes, encoding: str | None) -> None:
+        if not self.usage_listeners or (encoding not in (None, "identity")):
+            return
+        prompt = _last_count(PROMPT_TOKENS, tail)
+        completion = _last_count(COMPLETION_TOKENS, tail)
+        if prompt is None and completion is None:
+            return
+        for listener in self.usage_listeners:
+            try:
+                listener(model_id, prompt or 0, completion or 0)
+            except Exception:  # a metric must not break a relay
+                log.exception("a usage listener failed")
 
     def _client(self, provider: str) -> httpx.AsyncClient:
         pooled = self._clients.get(provider)
@@ -288,12 +325,15 @@ class LlmProxy:
         what = "stopped sending" if mid_stream else "did not answer"
         where = "in the middle of its answer" if mid_stream else "before answering"
         provider = upstream.provider
-        return transport_error(
+        failure = transport_error(
             error, provider, unreachable=unreachable,
             timed_out=f"{provider} {what} for {self._settings.read_timeout_s:g} s; raise AISTACK_LLM__READ_TIMEOUT_S "
                       "if generations need longer",
             dropped=lambda detail: f"{provider} dropped the connection {where} ({detail})",
         )
+        if failure.kind == ErrorKind.NETWORK:
+            failure.headers = {**failure.headers, **(self._retry_headers(provider) or {})}
+        return failure
 
     async def _upstream_error(self, upstream: ChatUpstream, card: ModelCard,
                               response: httpx.Response) -> UpstreamRefused:

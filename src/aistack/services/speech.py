@@ -178,15 +178,19 @@ class SpeechService:
         return self._engine_errors(card, self._scheduler.stream(lease, produce))
 
     async def _engine_errors(self, card: ModelCard, chunks: ClosableAsyncIterator[PcmChunk]) -> AsyncGenerator[PcmChunk, None]:
+        made = 0.0
         try:
             async with aclosing(chunks) as items:
                 async for chunk in items:
+                    made += chunk.samples.size / chunk.sample_rate if chunk.sample_rate else 0.0
                     yield chunk
         except AistackError:
             raise
         except Exception as error:
             log.exception("%s failed on %s", card.provider, card.id)
             raise AistackError(ErrorKind.UNKNOWN, f"{card.provider} failed while synthesizing: {error}", provider=card.provider) from None
+        finally:
+            self._events.audio_done("synthesized", card.id, made)  # what was made, also when the client left early
 
     async def _relay(self, plan: SpeechPlan, text: str) -> AsyncGenerator[PcmChunk, None]:
         card = plan.card

@@ -166,10 +166,14 @@ class TranscriptionService:
                 events.step_done(card.id, segment.id)
                 yield segment
 
+        duration = 0.0
         try:
             async with aclosing(self._scheduler.stream(job.lease, produce)) as items:
                 async for item in items:
+                    if isinstance(item, TranscriptionInfo):
+                        duration = item.duration
                     yield item
+            events.audio_done("transcribed", card.id, duration)
         except AistackError:
             raise
         except Exception as error:

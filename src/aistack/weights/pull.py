@@ -38,7 +38,7 @@ from .pull_errors import (
     VerificationFailed,
     disk_error,
 )
-from .resolver import WeightResolver, is_complete_folder
+from .resolver import WeightResolver, contained, is_complete_folder, unsafe_relative
 
 MARKER = ".aistack-pull.json"
 STAGING_MANIFEST = ".aistack-staging.json"
@@ -219,6 +219,8 @@ class ModelPuller:
             _check_relative(remote.name)
         staging = folder.parent / f".{folder.name}.pull"
         state = self._staging_state(staging, hub.repo, snapshot.commit)
+        for remote in wanted:  # a link planted in a resumed staging folder must not lead the writes out of it
+            _check_contained(staging, remote.name)
         known = sum(r.size for r in wanted if r.size is not None)
         self.notify(f"pulling {model_id} from {hub.repo} at {revision} (commit {snapshot.commit[:12]}): "
                     f"{describe_files(len(wanted))}, {describe_size(known)}, into {folder}")
@@ -347,9 +349,16 @@ def _partial_path(staging: Path, name: str) -> Path:
 
 
 def _check_relative(name: str) -> None:
-    parts = Path(name).parts
-    if not parts or Path(name).is_absolute() or any(part in ("..", "") for part in parts):
-        raise PullError(f"the hub listed an unsafe file name {name!r}; refusing to write it")
+    reason = unsafe_relative(name)
+    if reason is not None:
+        raise PullError(f"the hub listed an unsafe file name {name!r} ({reason}); refusing to write it")
+
+
+def _check_contained(staging: Path, name: str) -> None:
+    try:
+        contained(staging, name)
+    except ValueError as error:
+        raise PullError(f"refusing to write {name!r}: {error}; remove {staging} and pull again") from None
 
 
 class _Digest(Protocol):

@@ -15,7 +15,8 @@ import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 from ..observability.progress import Progress
 from .catalog import PackagedFolder, PackagedParts
@@ -49,6 +50,41 @@ def is_complete_folder(path: Path, required: Sequence[str]) -> bool:
     return path.is_dir() and all((path / name).is_file() for name in required)
 
 
+def unsafe_relative(name: str) -> str | None:
+    """Why `name` (a model id, a hub file name) cannot be a path inside a folder, or None when it can:
+    absolute, with `..` or empty parts (also percent-escaped, as `%2e%2e`), a backslash or a NUL."""
+    if not name or "\x00" in name or "\\" in name:
+        return "it is empty or holds a backslash or a NUL"
+    for candidate in {name, unquote(name)}:
+        if candidate.startswith("/") or PurePosixPath(candidate).is_absolute():
+            return "it is an absolute path"
+        if any(part in ("", ".", "..") for part in candidate.split("/")):
+            return "it has an empty, '.' or '..' part"
+    return None
+
+
+def contained(root: Path, name: str) -> Path:
+    """`root / name`, refused with ValueError when it would lead outside `root`: an unsafe name, or a
+    symbolic link on the way (planted in the folder) that points elsewhere."""
+    reason = unsafe_relative(name)
+    if reason is not None:
+        raise ValueError(f"unsafe path {name!r}: {reason}")
+    path = root / name
+    real_root = root.resolve()
+    if not path.resolve().is_relative_to(real_root):
+        raise ValueError(f"{name!r} leads outside {root} (through a symbolic link)")
+    return path
+
+
+def is_contained_folder(folder: Path, required: Sequence[str]) -> bool:
+    """A complete folder whose required files all lie inside it (no link out of it)."""
+    try:
+        return is_complete_folder(folder, required) and all(contained(folder, name) for name in required)
+    except ValueError as error:
+        log.warning("ignoring %s: %s", folder, error)
+        return False
+
+
 class WeightResolver:
     """Finds weight folders; `required` names the files a folder must hold to be usable."""
 
@@ -57,6 +93,11 @@ class WeightResolver:
         self.explicit_paths = explicit_paths
 
     def cache_folder(self, model_id: str) -> Path:
+        """The model's folder in the cache; ValueError for an id that would lead outside the cache. (The
+        folder itself may be a link, to another disk; what lies inside it must stay inside it.)"""
+        reason = unsafe_relative(model_id)
+        if reason is not None:
+            raise ValueError(f"unsafe model id {model_id!r}: {reason}")
         return self.cache_dir / model_id
 
     def resolve(
@@ -70,8 +111,10 @@ class WeightResolver:
             path = Path(explicit).expanduser()
             return ResolvedWeights(model_id, path, "config") if is_complete_folder(path, required) else None
 
+        if unsafe_relative(model_id) is not None:
+            return None
         cached = self.cache_folder(model_id)
-        if is_complete_folder(cached, required) and self._cache_matches_parts(cached, packaged):
+        if is_contained_folder(cached, required) and self._cache_matches_parts(cached, packaged):
             return ResolvedWeights(model_id, cached, "cache")
 
         if isinstance(packaged, PackagedFolder):

@@ -1,0 +1,104 @@
+"""The HTTP server around the app: uvicorn with a time limit on request headers, and a stop that
+drains (api.middleware.DrainMiddleware) before uvicorn's own shutdown cancels what is left."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .api.middleware import ShutdownDrain
+from .settings import Settings
+
+# uvicorn's own graceful shutdown waits this much longer than our grace period, so that what the
+# drain ends (envelopes, SSE error events) is sent before uvicorn cancels the tasks.
+UVICORN_EXTRA_GRACE_S = 5.0
+
+
+def header_timed_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, closing a connection whose request headers are not complete
+    within `header_timeout_s` of the connection opening or of the request's first byte (uvicorn
+    itself has no such limit: a client sending a byte a second held its connection for ever)."""
+
+    class HeaderTimedProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+    return HeaderTimedProtocol
+
+
+class GatewayServer(uvicorn.Server):
+    """Starts the drain as the stop begins (SIGTERM, Ctrl-C or `should_exit`): listeners close at once,
+    running requests get the grace period."""
+
+    def __init__(self, config: uvicorn.Config, drain: ShutdownDrain | None) -> None:
+        super().__init__(config)
+        self.drain = drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.drain is not None:
+            self.drain.begin()
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, access_log=False, log_level=settings.log_level,
+        http=header_timed_protocol(settings.server.header_timeout_s),
+        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s + UVICORN_EXTRA_GRACE_S),
+        # A WebSocket frame a little over realtime.max_event_mb gets an error event; one far over it is
+        # closed by the server (1009) before it is held in memory.
+        ws_max_size=settings.realtime.max_event_bytes + 1024 * 1024,
+    )
+
+
+def is_loopback_address(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def network_refusal(settings: Settings, has_keys: bool) -> str | None:
+    """Why serving on `settings.host` must not start (not loopback, and no key), or None."""
+    if has_keys or settings.security.allow_unauthenticated_network or is_loopback_address(settings.host):
+        return None
+    return (f"refusing to serve on {settings.host} without an API key: anyone who can reach it could use every "
+            "engine and the admin routes. Set AISTACK_SECURITY__ADMIN_KEYS (or AISTACK_SECURITY__KEY_FILE, "
+            "AISTACK_API_KEY), or bind 127.0.0.1; to serve without a key anyway, set "
+            "AISTACK_SECURITY__ALLOW_UNAUTHENTICATED_NETWORK=true (or pass --allow-unauthenticated-network)")

@@ -1,0 +1,130 @@
+"""Faults on a real gateway (`aistack serve` as a subprocess on the real engines): clients that
+trickle, and a stop (SIGTERM) in the middle of work."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import Gateway, start_gateway, stop_gateway, wait_until
+
+pytestmark = pytest.mark.slow
+
+MODEL = "whisper-tiny.en"
+
+
+@pytest.fixture
+def strict_gateway(models_cache: Path, tmp_path: Path) -> Iterator[Gateway]:
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__HEADER_TIMEOUT_S": "1",
+                                                     "AISTACK_SERVER__BODY_TIMEOUT_S": "2"})
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+
+
+def connect(url: str) -> socket.socket:
+    address = httpx.URL(url)
+    sock = socket.create_connection((address.host, address.port), timeout=60)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout bounds the wait)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_clients_that_trickle_are_closed_and_do_not_delay_others(strict_gateway: Gateway, english_wav: Path) -> None:
+    # Before: 50 connections sending a byte a second were never closed.
+    trickling_headers = [connect(strict_gateway.url) for _ in range(20)]
+    for sock in trickling_headers:
+        sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHo")
+    trickling_body = connect(strict_gateway.url)
+    trickling_body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 1000\r\n\r\n{")
+    try:
+        with strict_gateway.client() as client, open(english_wav, "rb") as audio:
+            assert client.get("/health").status_code == 200
+            answer = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL})
+            assert answer.status_code == 200 and "fox" in answer.json()["text"].lower()
+        for sock in trickling_headers:
+            assert read_until_closed(sock) == b""  # closed by the header time limit, without an answer
+        refused = read_until_closed(trickling_body)
+        assert refused.startswith(b"HTTP/1.1 400")
+        body = json.loads(refused.partition(b"\r\n\r\n")[2])
+        assert body["error"]["kind"] == "malformed" and "BODY_TIMEOUT_S" in body["error"]["message"]
+    finally:
+        for sock in (*trickling_headers, trickling_body):
+            sock.close()
+
+
+def running_jobs(client: httpx.Client) -> int:
+    return sum(engine["running"] for engine in client.get("/ready").json()["engines"].values())
+
+
+def test_sigterm_ends_a_running_transcription_with_the_envelope_and_leaves_no_child(
+        models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
+    # No grace: whatever runs when the stop comes is ended by the drain. Before: a plain-text 500.
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "0"})
+    outcome: dict[str, httpx.Response] = {}
+
+    def transcribe() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=120) as client, open(long_wav, "rb") as audio:
+            outcome["response"] = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL})
+
+    worker = threading.Thread(target=transcribe)
+    try:
+        worker.start()
+        with gateway.client() as client:
+            assert wait_until(lambda: running_jobs(client) >= 1, timeout=60)
+        children = psutil.Process(gateway.process.pid).children(recursive=True)
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.wait(timeout=30)
+        worker.join(timeout=30)
+    finally:
+        stop_gateway(gateway)
+    response = outcome["response"]
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    if response.status_code != 200:  # it may have finished in the moment before the stop
+        assert response.status_code == 503 and response.json()["error"]["kind"] == "busy"
+        assert "stopping" in response.json()["error"]["message"] and int(response.headers["retry-after"]) >= 1
+    assert wait_until(lambda: not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+                                      for child in children), timeout=15), children
+
+
+def test_sigterm_ends_an_open_event_stream_with_one_error_event(models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
+    # Before: a 200 event stream that just stopped.
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "0"})
+    events: list[str] = []
+    try:
+        with gateway.client() as client, open(long_wav, "rb") as audio:
+            with client.stream("POST", "/v1/audio/transcriptions", files={"file": audio},
+                               data={"model": MODEL, "stream": "true"}) as stream:
+                assert stream.status_code == 200
+                lines = stream.iter_lines()
+                for line in lines:
+                    if line.startswith("data: "):
+                        events.append(line)
+                        gateway.process.send_signal(signal.SIGTERM)
+                        break
+                events += [line for line in lines if line.startswith("data: ")]
+        gateway.process.wait(timeout=30)
+    finally:
+        stop_gateway(gateway)
+    last = json.loads(events[-1].removeprefix("data: "))
+    # The stream ends with a terminal event: the error (the stop came first) or the transcript's end.
+    assert last["type"] in ("error", "transcript.text.done"), events[-3:]
+    if last["type"] == "error":
+        assert last["error"]["kind"] == "busy" and "stopping" in last["error"]["message"]
+        assert sum('"type": "error"' in e or '"type":"error"' in e for e in events) == 1

@@ -1,0 +1,96 @@
+"""GET /metrics: what the gateway did, in Prometheus' text format, with bounded labels."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aistack.app import create_app
+from aistack.observability.metrics import OTHER_MODEL, GatewayMetrics
+from aistack.settings import Settings
+
+MODEL = "whisper-tiny.en"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    found: dict[tuple[str, frozenset], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(found: dict, name: str, **labels: str) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+def test_model_labels_are_bounded_by_the_listing() -> None:
+    metrics = GatewayMetrics(lambda: frozenset({"whisper-base"}))
+    assert metrics.model_label("whisper-base") == "whisper-base"
+    assert metrics.model_label("made-up-model-1") == OTHER_MODEL
+    assert metrics.model_label(None) == "" and metrics.model_label("-") == ""
+    # Two apps keep their own counts: each owns its registry.
+    other = GatewayMetrics()
+    metrics.requests.labels("/v1/models", "", "200").inc()
+    assert b'route="/v1/models"' in metrics.exposition() and b'route="/v1/models"' not in other.exposition()
+
+
+def scrape(app, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11500") as client:
+            return await client.get("/metrics", headers=headers)
+
+    return asyncio.run(scenario())
+
+
+def test_metrics_need_an_admin_key_when_keys_are_set_unless_public(tmp_path: Path) -> None:
+    keyed = create_app(Settings(cache_dir=tmp_path, security={"admin_keys": ["a-key"], "user_keys": ["u-key"]}))
+    assert scrape(keyed).status_code == 401
+    assert scrape(keyed, {"Authorization": "Bearer u-key"}).status_code == 403
+    allowed = scrape(keyed, {"Authorization": "Bearer a-key"})
+    assert allowed.status_code == 200 and allowed.headers["content-type"].startswith("text/plain")
+    public = create_app(Settings(cache_dir=tmp_path, security={"admin_keys": ["a-key"], "public_metrics": True}))
+    assert scrape(public).status_code == 200
+    assert scrape(create_app(Settings(cache_dir=tmp_path))).status_code == 200  # no keys: loopback, open
+
+
+@pytest.mark.slow
+def test_requests_queues_models_and_audio_are_counted(make_inprocess_gateway, english_wav: Path) -> None:
+    gateway = make_inprocess_gateway(models={"keep_alive_s": -1})
+    with gateway.client() as client:
+        with open(english_wav, "rb") as audio:
+            assert client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL}).status_code == 200
+        speech = client.post("/v1/audio/speech", json={"model": "piper", "input": "Hello there.", "voice": "alloy"})
+        assert speech.status_code == 200
+        assert client.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"x")},
+                           data={"model": "no-such-model"}).status_code in (400, 404)
+        resident = samples(client.get("/metrics").text)
+        assert client.post(f"/admin/models/{MODEL}/unload").status_code == 200
+        text = client.get("/metrics").text
+    found = samples(text)
+    route = "/v1/audio/transcriptions"
+    assert value(found, "aistack_http_requests_total", route=route, model=MODEL, status="200") == 1
+    assert value(found, "aistack_http_request_duration_seconds_count", route=route, model=MODEL) == 1
+    assert value(found, "aistack_http_requests_total", route="/v1/audio/speech", model="piper", status="200") == 1
+    # The made-up id never becomes a label.
+    assert "no-such-model" not in text
+    assert value(found, "aistack_http_requests_in_flight") == 1  # the scrape itself
+    assert value(found, "aistack_realtime_sessions") == 0
+    assert (value(found, "aistack_audio_seconds_total", direction="transcribed", model=MODEL) or 0) > 2
+    assert (value(found, "aistack_audio_seconds_total", direction="synthesized", model="piper") or 0) > 0.3
+    assert (value(found, "aistack_slot_wait_seconds_count", device="cpu") or 0) >= 2
+    assert value(found, "aistack_device_slots", device="cpu") >= 1
+    assert value(found, "aistack_device_slots_busy", device="cpu") == 0
+    assert value(found, "aistack_device_queue_depth", device="cpu") == 0
+    assert value(found, "aistack_model_loads_total", model=MODEL, outcome="loaded") == 1
+    assert value(found, "aistack_model_load_duration_seconds_count", model=MODEL) == 1
+    assert (value(resident, "aistack_model_resident_bytes", model=MODEL) or 0) > 10_000_000
+    assert value(found, "aistack_model_unloads_total", model=MODEL) == 1
+    assert value(found, "aistack_model_resident_bytes", model=MODEL) is None  # gone after the unload
+    assert value(found, "aistack_upstream_up", upstream="ollama") == 0  # no Ollama daemon here
+    assert value(found, "aistack_upstream_probe_seconds", upstream="ollama") is not None
