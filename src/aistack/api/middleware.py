@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AistackError, ErrorKind
 from ..observability.metrics import UNMATCHED_ROUTE, GatewayMetrics
-from ..security import AccessPolicy, AccessScope, key_from_authorization
+from ..security import KEY_SUBPROTOCOL_PREFIX, AccessPolicy, AccessScope, key_from_authorization
 from .errors import BodyTooSlow, PayloadTooLarge, envelope_response, too_large_message, unexpected_error_response
 
 access_log = logging.getLogger("aistack.access")
@@ -296,12 +296,15 @@ class ApiKeyMiddleware:
 
     @staticmethod
     async def _refuse(refusal: AistackError, scope: Scope, receive: Receive, send: Send) -> None:
+        message = refusal.message
+        if scope["type"] == "websocket" and refusal.kind == ErrorKind.UNAUTHORIZED:
+            message += f" (or, from a browser, the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}<key>)"
         if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
             # A server that cannot answer a handshake with HTTP: close it, saying why.
-            await send({"type": "websocket.close", "code": 1008, "reason": refusal.message[:120]})
+            await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
             return
         headers = {"WWW-Authenticate": "Bearer"} if refusal.kind == ErrorKind.UNAUTHORIZED else None
-        await envelope_response(refusal.status_code, refusal.kind, refusal.message, headers=headers)(scope, receive, send)
+        await envelope_response(refusal.status_code, refusal.kind, message, headers=headers)(scope, receive, send)
 
 
 def granted_scope(scope: Scope) -> AccessScope:
