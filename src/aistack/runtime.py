@@ -206,7 +206,7 @@ def on_demand_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> O
                    f"{PACKAGED_DEFAULT_SETTING}=false" if server.packaged else f"fix {GGUF_SETTING}")
     return OnDemandServerBackend(server.provider, server, weights=server.gguf, start_timeout_s=server.settings.start_timeout_s,
                                  probe_timeout_s=probe_timeout_s, start_fix=fix, problem_fix=problem_fix,
-                                 not_running=lambda: _not_running(server))
+                                 not_running=lambda: _not_running(server), api_key=server.api_key)
 
 
 def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> SupervisedServerBackend:

@@ -202,9 +202,11 @@ class OnDemandServerBackend(OpenAICompatibleBackend):
     """
 
     def __init__(self, provider: str, server: SupervisedServer, *, weights: Path | None, start_timeout_s: float,
-                 probe_timeout_s: float, start_fix: str, problem_fix: str, not_running: Callable[[], str]) -> None:
-        """`problem_fix`: what to do when the server cannot start at all (its weights or library missing)."""
-        super().__init__(provider, lambda: server.base_url, None, probe_timeout_s, start_fix, not_running)
+                 probe_timeout_s: float, start_fix: str, problem_fix: str, not_running: Callable[[], str],
+                 api_key: str | None = None) -> None:
+        """`problem_fix`: what to do when the server cannot start at all (its weights or library missing);
+        `api_key`: the key the server was started with."""
+        super().__init__(provider, lambda: server.base_url, api_key, probe_timeout_s, start_fix, not_running)
         self._server = server
         self._weights = weights
         self._start_timeout_s = start_timeout_s
