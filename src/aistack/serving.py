@@ -95,8 +95,17 @@ def is_loopback_address(host: str) -> bool:
 
 
 def network_refusal(settings: Settings, has_keys: bool) -> str | None:
-    """Why serving on `settings.host` must not start (not loopback, and no key), or None."""
-    if has_keys or settings.security.allow_unauthenticated_network or is_loopback_address(settings.host):
+    """Why serving must not start (HTTP or Wyoming beyond loopback, with nothing to keep strangers out), or None."""
+    if settings.security.allow_unauthenticated_network:
+        return None
+    wyoming_host = settings.wyoming.tcp_host()
+    if wyoming_host is not None and not settings.wyoming.allowed_clients and not is_loopback_address(wyoming_host):
+        return (f"refusing to serve Wyoming on {wyoming_host} to any client: the Wyoming protocol carries no key, so "
+                "anyone who can reach it could transcribe and speak. Set AISTACK_WYOMING__ALLOWED_CLIENTS to Home "
+                "Assistant's address (e.g. '[\"192.168.1.10\"]'), or bind wyoming.uri to 127.0.0.1; to serve it to "
+                "anyone anyway, set AISTACK_SECURITY__ALLOW_UNAUTHENTICATED_NETWORK=true (or pass "
+                "--allow-unauthenticated-network)")
+    if has_keys or is_loopback_address(settings.host):
         return None
     return (f"refusing to serve on {settings.host} without an API key: anyone who can reach it could use every "
             "engine and the admin routes. Set AISTACK_SECURITY__ADMIN_KEYS (or AISTACK_SECURITY__KEY_FILE, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -208,6 +209,33 @@ class WyomingSettings(BaseModel):
         description="Send each decoded segment as a transcript-chunk (with transcript-start and -stop around the "
         "transcript, which clients that do not stream still read); off: only the transcript.",
     )
+    allowed_clients: list[str] = Field(
+        default_factory=list,
+        description="The addresses or networks (CIDR) a TCP connection may come from, e.g. Home Assistant's; any "
+        "other is closed unanswered. The Wyoming protocol carries no key, so this is its access control. Empty: "
+        "anyone who can reach the address, which off loopback needs security.allow_unauthenticated_network.",
+    )
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _networks(cls, clients: list[str]) -> list[str]:
+        for client in clients:
+            try:
+                ipaddress.ip_network(client, strict=False)
+            except ValueError:
+                raise ValueError(f"wyoming.allowed_clients: '{client}' is neither an IP address nor a network such as "
+                                 "192.168.1.0/24") from None
+        return clients
+
+    def client_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(client, strict=False) for client in self.allowed_clients]
+
+    def tcp_host(self) -> str | None:
+        """The host a tcp:// uri binds; None for a Unix socket (its file's permissions guard it) or no server."""
+        if self.uri is None:
+            return None
+        parsed = urlsplit(self.uri)
+        return parsed.hostname if parsed.scheme == "tcp" else None
 
     @field_validator("uri")
     @classmethod

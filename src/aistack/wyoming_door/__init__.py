@@ -27,7 +27,7 @@ def wyoming_door(runtime: Runtime, uri: str) -> WyomingDoor:
         max_upload_bytes=settings.max_upload_bytes,
         max_text_chars=settings.tts.max_input_chars,
     )
-    return WyomingDoor(uri, services)
+    return WyomingDoor(uri, services, settings.wyoming.client_networks())
 
 
 @asynccontextmanager

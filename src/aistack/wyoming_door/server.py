@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,9 +24,11 @@ class WyomingDoor:
     connection is the library's event handler all the same.
     """
 
-    def __init__(self, uri: str, services: Services) -> None:
+    def __init__(self, uri: str, services: Services,
+                 allowed_clients: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> None:
         self.uri = uri
         self._services = services
+        self._allowed_clients = tuple(allowed_clients)
         self._server: asyncio.Server | None = None
         self._unix_path: Path | None = None
         self._sessions: dict[asyncio.Task[None], WyomingSession] = {}
@@ -64,13 +68,32 @@ class WyomingDoor:
         if self._unix_path is not None:
             self._unix_path.unlink(missing_ok=True)
 
+    def admits(self, peer: object) -> bool:
+        """Whether a TCP peer ((host, port, ...) as asyncio gives it) is one of wyoming.allowed_clients;
+        with none set, and on a Unix socket, every client is."""
+        if not self._allowed_clients or not isinstance(peer, tuple):
+            return True
+        try:
+            address = ipaddress.ip_address(str(peer[0]).split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._allowed_clients)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not self.admits(peer):
+            log.warning("wyoming client %s refused: not in wyoming.allowed_clients", peer[0])
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
         task = asyncio.current_task()
         assert task is not None
         task.set_name("aistack-wyoming-session")
         session = WyomingSession(self._services, reader, writer)
         self._sessions[task] = session
-        peer = writer.get_extra_info("peername")
         log.debug("wyoming client %s connected", peer)
         try:
             await session.run()
