@@ -46,3 +46,12 @@ def test_two_sentences_are_two_turns(two_sentences, piece: int) -> None:
 def test_silence_is_no_speech() -> None:
     detector = SpeechDetector(VadParams())
     assert detector.feed(np.zeros(48_000, dtype=np.float32)) == [] and not detector.speaking
+
+
+def test_a_detector_made_mid_stream_counts_from_where_it_began(two_sentences) -> None:
+    audio, _ = two_sentences
+    origin = 123_456
+    from_zero = SpeechDetector(VadParams()).feed(audio)
+    from_origin = SpeechDetector(VadParams(), origin=origin).feed(audio)
+    assert from_zero and [(e.kind, e.sample + origin, e.detected_at + origin) for e in from_zero] == \
+        [(e.kind, e.sample, e.detected_at) for e in from_origin]

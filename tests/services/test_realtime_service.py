@@ -146,3 +146,46 @@ def test_speech_that_resumes_in_a_short_pause_keeps_its_words_in_the_turn(models
         await session.close()
 
     run_on_runtime(runtime, body)
+
+
+def test_after_a_clear_speech_is_placed_and_cut_in_the_sessions_own_time(models_cache: Path, english_wav: Path) -> None:
+    from aistack.settings import RealtimeSettings
+
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
+                                     realtime=RealtimeSettings(delta_interval_s=3600)))
+    runtime.prepare_weights()
+    sentence = pcm16_24k(english_wav)
+    before_clear = bytes(24_000) + sentence[:len(sentence) // 4 * 2]  # 0.5 s, then half the sentence
+    after_clear = bytes(48_000) + sentence + bytes(48_000)  # 1 s, the whole sentence, 1 s
+
+    async def body() -> None:
+        session = await runtime.realtime.open("ga")
+        await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "whisper-tiny.en"}}}}}))
+        events = session.events()
+        for append in appends(before_clear):
+            await session.receive(append)
+        first = await anext(item async for item in events if isinstance(item, wire.SpeechStarted))
+        await session.receive(event({"type": "input_audio_buffer.clear"}))
+        for append in appends(after_clear):
+            await session.receive(append)
+        seen: list[object] = []
+        async for item in events:
+            assert not isinstance(item, (SessionEnd, wire.TranscriptionFailed)), item
+            seen.append(item)
+            if isinstance(item, wire.TranscriptionCompleted):
+                break
+        assert [type(item).__name__ for item in seen] == ["Cleared", "SpeechStarted", "SpeechStopped", "Committed",
+                                                          "TranscriptionCompleted"], seen
+        started = seen[1]
+        assert isinstance(started, wire.SpeechStarted) and isinstance(first, wire.SpeechStarted)
+        # The sentence's onset, counted from the session's first sample: as far into the new audio as
+        # the first onset was into the first, give or take a VAD window or two.
+        onset_in_sentence_ms = first.audio_start_ms - 500
+        expected_ms = len(before_clear) * 1000 // 48_000 + 1000 + onset_in_sentence_ms
+        assert abs(started.audio_start_ms - expected_ms) <= 100, (started.audio_start_ms, expected_ms)
+        completed = seen[-1]
+        assert isinstance(completed, wire.TranscriptionCompleted) and words(completed.transcript) == words(ENGLISH_SENTENCE)
+        await session.close()
+
+    run_on_runtime(runtime, body)

@@ -103,8 +103,11 @@ class SpeechDetector:
     """Speech starts at the first window at or above the threshold; it stops once the probability has
     stayed below threshold - 0.15 for the silence duration."""
 
-    def __init__(self, params: VadParams) -> None:
+    def __init__(self, params: VadParams, origin: int = 0) -> None:
+        """`origin`: the stream sample at which this detector's first sample lies. A detector made anew
+        mid-stream (a cleared buffer, new turn detection) reports its edges in the stream's own time."""
         self.params = params
+        self._origin = origin
         self._probabilities = SpeechProbabilities()
         self._windows = 0
         self.speaking = False
@@ -142,7 +145,7 @@ class SpeechDetector:
                 if probability >= self.params.threshold:
                     self.speaking = True
                     self._silence_from = None
-                    edges.append(SpeechEdge("started", start, start + WINDOW))
+                    edges.append(SpeechEdge("started", self._origin + start, self._origin + start + WINDOW))
                 continue
             if probability >= low:
                 self._silence_from = None
@@ -150,7 +153,7 @@ class SpeechDetector:
             if self._silence_from is None:
                 self._silence_from = start
             if (self._windows * WINDOW - self._silence_from) >= silence_windows * WINDOW:
-                edges.append(SpeechEdge("stopped", self._silence_from, self._windows * WINDOW))
+                edges.append(SpeechEdge("stopped", self._origin + self._silence_from, self._origin + self._windows * WINDOW))
                 self.speaking = False
                 self._silence_from = None
         return edges

@@ -266,7 +266,7 @@ class RealtimeSession:
         if new.format != old.format:
             self._decoder = LiveDecoder(new.format)
         if new.turn_detection != old.turn_detection:
-            self._detector = vad.SpeechDetector(new.turn_detection) if new.turn_detection is not None else None
+            self._detector = self._new_detector(new.turn_detection)
             if self._turn is not None and new.turn_detection is not None:
                 self._drop_turn()  # a turn the old settings began cannot end by the new ones' rules
 
@@ -373,6 +373,10 @@ class RealtimeSession:
             self._buffer = [merged]
             self._buffer_start = at + samples.size - merged.size
 
+    def _new_detector(self, params: vad.VadParams | None) -> vad.SpeechDetector | None:
+        """A detector that starts listening at the next sample to arrive, or None for manual commits."""
+        return vad.SpeechDetector(params, origin=self._received) if params is not None else None
+
     def _open_turn(self, start: int) -> Turn:
         self._turn = Turn(wire.item_id(), start)
         return self._turn
@@ -390,8 +394,7 @@ class RealtimeSession:
             raise malformed(f"the input buffer holds {held_ms} ms of audio; commit needs at least {MIN_COMMIT_MS} ms "
                             "(append audio first)")
         self._commit_turn()
-        if self._config.turn_detection is not None:
-            self._detector = vad.SpeechDetector(self._config.turn_detection)
+        self._detector = self._new_detector(self._config.turn_detection)
 
     def _commit_turn(self) -> None:
         turn = self._turn
@@ -410,8 +413,7 @@ class RealtimeSession:
     def _clear(self) -> None:
         self._drop_turn()
         self._buffer.clear()
-        if self._config.turn_detection is not None:
-            self._detector = vad.SpeechDetector(self._config.turn_detection)
+        self._detector = self._new_detector(self._config.turn_detection)
         self._emit(wire.Cleared())
 
     def _drop_turn(self) -> None:
