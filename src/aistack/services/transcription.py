@@ -220,11 +220,11 @@ class TranscriptionService:
         yield sse.event(TranscriptTextDone(text=join_text(pieces), usage=DurationUsage.model_validate(usage(duration))))
 
 
-# What each feature is called where a refusal names it.
-FEATURE_FIELDS: dict[AsrFeature, str] = {
-    "keywords": "keywords[]",
-    "logprobs": "include[]=logprobs",
-    "chunking": "chunking_strategy",
+# Where a refusal names each feature: (as the request spells it, the form field it is sent in).
+FEATURE_FIELDS: dict[AsrFeature, tuple[str, str]] = {
+    "keywords": ("keywords[]", "keywords"),
+    "logprobs": ("include[]=logprobs", "include"),
+    "chunking": ("chunking_strategy", "chunking_strategy"),
 }
 
 
@@ -232,9 +232,9 @@ def _able(card: ModelCard, snapshot: Snapshot, needs: Collection[AsrFeature]) ->
     for feature in needs:
         if feature not in card.asr_features:
             able = [c.id for c in snapshot.asr_cards() if feature in c.asr_features and c.id != AUTO_ID]
-            field = FEATURE_FIELDS[feature]
+            spelled, param = FEATURE_FIELDS[feature]
             hint = f"use one of: {', '.join(able)}" if able else "no model here can; drop the field"
-            raise malformed(f"model '{card.id}' cannot take {field}; {hint}", param=field.split("[")[0].split("=")[0])
+            raise malformed(f"model '{card.id}' cannot take {spelled}; {hint}", param=param)
     return card
 
 
