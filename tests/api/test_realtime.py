@@ -629,9 +629,11 @@ def test_a_server_vad_turn_longer_than_the_buffer_is_cut_and_goes_on(strict: Rea
     assert len(completed) == 2
     assert all(e["usage"]["seconds"] <= 5.0 + 0.05 for e in completed)
     assert words(completed[0]["transcript"])[:4] == words(SENTENCES[0])[:4]
-    # include: logprobs come with each final, one a word.
+    # include: logprobs come with each final, one a token (as HTTP's include[]=logprobs): more of them
+    # than words, since a sentence's full stop is a token of its own.
     for event in completed:
         assert event["logprobs"] and all(p["logprob"] <= 0 and bytes(p["bytes"]).decode() == p["token"]
                                          for p in event["logprobs"])
         assert words("".join(p["token"] for p in event["logprobs"])) == words(event["transcript"])
+        assert len(event["logprobs"]) > len(event["transcript"].split())
     assert wait_until(strict.leaves_nothing)

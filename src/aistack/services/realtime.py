@@ -430,8 +430,12 @@ class RealtimeSession:
 
     # --- decoding ----------------------------------------------------------------------------
 
-    def _options(self, word_timestamps: bool = False) -> TranscribeOptions:
-        return TranscribeOptions(self._config.language, "transcribe", self._config.prompt, None, word_timestamps)
+    def _options(self, card: ModelCard, logprobs: bool = False) -> TranscribeOptions:
+        """With logprobs: the model's per-token log probabilities, as HTTP's include[]=logprobs gives them;
+        from a model that has none, its word probabilities (word timestamps) stand in."""
+        token_logprobs = logprobs and "logprobs" in card.asr_features
+        return TranscribeOptions(self._config.language, "transcribe", self._config.prompt, None,
+                                 word_timestamps=logprobs and not token_logprobs, logprobs=token_logprobs)
 
     def _maybe_decode_delta(self) -> None:
         self._maybe_finalize_early()
@@ -465,7 +469,7 @@ class RealtimeSession:
             return
         if not self._transcription.slot_free_now(card):
             return
-        options = self._options(wire.LOGPROBS_INCLUDE in self._config.include)
+        options = self._options(card, wire.LOGPROBS_INCLUDE in self._config.include)
         # The rest of the silence as zeros: the audio the final would decode, were the silence silent.
         audio = np.concatenate([turn.audio(), np.zeros(detector.silence_to_come, dtype=np.float32)])
         early = asyncio.create_task(self._decode(card, audio, options, wait_s=None), name=f"realtime-early-{self.id}")
@@ -475,7 +479,7 @@ class RealtimeSession:
 
     async def _decode_delta(self, turn: Turn, card: ModelCard, audio: np.ndarray) -> None:
         try:
-            text = (await self._decode(card, audio, self._options(), wait_s=None)).text
+            text = (await self._decode(card, audio, self._options(card), wait_s=None)).text
         except AistackError as error:
             log.debug("realtime session %s skipped a delta: %s", self.id, error.message)
             return
@@ -521,15 +525,11 @@ class RealtimeSession:
             if transcript is None:
                 if card is None:
                     card = await self._transcription.select(AUTO_ID, self._config.language, "transcribe")
-                transcript = await self._decode(card, audio, self._options(logprobs_wanted),
+                transcript = await self._decode(card, audio, self._options(card, logprobs_wanted),
                                                 wait_s=self._settings.final_slot_wait_s, on_granted=granted)
         except AistackError as error:
             return wire.TranscriptionFailed(item_id=turn.item_id, error=wire.failure_detail(error))
-        logprobs = None
-        if logprobs_wanted:
-            # Whisper's word probabilities, one per word: the closest it has to token logprobs.
-            logprobs = [wire.LogProb(token=word.word, bytes=list(word.word.encode()), logprob=math.log(max(word.probability, 1e-12)))
-                        for segment in transcript.segments for word in segment.words if word.probability is not None]
+        logprobs = _logprobs(transcript) if logprobs_wanted else None
         return wire.TranscriptionCompleted(item_id=turn.item_id, transcript=transcript.text, logprobs=logprobs,
                                            usage=wire.DurationUsage(seconds=round(audio.size / SAMPLE_RATE, 3)))
 
@@ -606,6 +606,15 @@ def _vad_params(config: wire.TurnDetectionConfig | None, param: str) -> vad.VadP
         prefix_padding_ms=config.prefix_padding_ms if config.prefix_padding_ms is not None else defaults.prefix_padding_ms,
         silence_duration_ms=config.silence_duration_ms if config.silence_duration_ms is not None else defaults.silence_duration_ms,
     )
+
+
+def _logprobs(transcript: Transcript) -> list[wire.LogProb]:
+    tokens = [wire.LogProb(token=p.token, bytes=list(p.bytes), logprob=p.logprob)
+              for segment in transcript.segments for p in segment.logprobs]
+    if tokens:
+        return tokens
+    return [wire.LogProb(token=word.word, bytes=list(word.word.encode()), logprob=math.log(max(word.probability, 1e-12)))
+            for segment in transcript.segments for word in segment.words if word.probability is not None]
 
 
 def _common_prefix(first: list[str], second: list[str]) -> list[str]:
