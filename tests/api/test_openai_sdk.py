@@ -8,6 +8,7 @@ import pytest
 from openai import NotFoundError, OpenAI
 
 from conftest import ENGLISH_SENTENCE, Gateway, words
+from transcripts import word_error_rate
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +43,16 @@ def test_transcription_stream(sdk: OpenAI, english_wav: Path) -> None:
     assert types[0] == "transcript.text.delta" and types[-1] == "transcript.text.done"
     assert words(events[-1].text) == words(ENGLISH_SENTENCE)
     assert "".join(e.delta for e in events if e.type == "transcript.text.delta").strip() == events[-1].text
+
+
+def test_gpt_4o_transcribe_is_served_as_auto(sdk: OpenAI, english_wav: Path) -> None:
+    served = {}
+    for model in ("gpt-4o-transcribe", "auto"):
+        with open(english_wav, "rb") as audio:
+            raw = sdk.audio.transcriptions.with_raw_response.create(model=model, file=audio, language="en")
+        served[model] = raw.headers["x-aistack-model"]
+        assert word_error_rate(words(ENGLISH_SENTENCE), words(raw.parse().text)) < 0.2
+    assert served["gpt-4o-transcribe"] == served["auto"] != "auto"
 
 
 def test_translation(sdk: OpenAI, german_wav: Path) -> None:

@@ -189,3 +189,26 @@ def test_after_a_clear_speech_is_placed_and_cut_in_the_sessions_own_time(models_
         await session.close()
 
     run_on_runtime(runtime, body)
+
+
+def test_gpt_4o_transcribe_is_served_as_auto_and_the_update_names_the_model_serving(models_cache: Path) -> None:
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False)))
+    runtime.prepare_weights()
+
+    async def served(model: str) -> str:
+        session = await runtime.realtime.open("ga")
+        await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "transcription": {"model": model, "language": "en"}}}}}))
+        updated = None
+        async for item in session.events():
+            if isinstance(item, wire.SessionUpdated):
+                updated = item
+                break
+        await session.close()
+        assert updated is not None and updated.session.audio.input.transcription is not None
+        return updated.session.audio.input.transcription.model
+
+    async def body() -> None:
+        assert await served("gpt-4o-transcribe") == await served("auto") != "auto"
+
+    run_on_runtime(runtime, body)

@@ -104,6 +104,18 @@ def test_auto_routes_by_language_to_the_family_that_transcribes_it() -> None:
     assert select("auto", "sw").id == BASE  # no rule for Swahili: any model that transcribes it
 
 
+@pytest.mark.parametrize("openai_model", ["gpt-4o-transcribe", "gpt-4o-mini-transcribe"])
+def test_openais_gpt_4o_transcription_models_are_served_as_auto(openai_model: str) -> None:
+    assert [select(openai_model, language).id for language in ("zh", "de", None, "en")] == \
+        [select("auto", language).id for language in ("zh", "de", None, "en")] == [SENSEVOICE, PARAKEET, BASE, PARAKEET]
+
+
+def test_the_diarizing_openai_model_says_diarization_is_not_available() -> None:
+    error = refused("gpt-4o-transcribe-diarize", "en")
+    assert error.kind is ErrorKind.MALFORMED and error.param == "model"
+    assert "diarization" in error.message and "gpt-4o-transcribe" in error.message
+
+
 def test_auto_translation_goes_to_a_model_that_can_translate() -> None:
     assert select("auto", "de", task="translate").id == BASE
     assert select("auto", "zh", task="translate").id == BASE

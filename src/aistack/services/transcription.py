@@ -47,6 +47,10 @@ from .claims import claim_transcriber
 log = logging.getLogger("aistack.transcription")
 
 WHISPER_ALIAS = "whisper-1"
+# OpenAI's newer transcription models take any language, as `auto` does here, and are served as it is
+# (the Realtime API's examples name gpt-4o-transcribe). There is no speaker diarization to serve.
+OPENAI_AUTO_ALIASES = ("gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+OPENAI_DIARIZE_MODEL = "gpt-4o-transcribe-diarize"
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class TranscriptionService:
         if language is not None and languages:
             raise malformed("language names the speech's language and languages[] its possible ones; send one of them",
                             param="languages")
+        if model == OPENAI_DIARIZE_MODEL:
+            raise malformed(f"speaker diarization ({OPENAI_DIARIZE_MODEL}) is not available here; use gpt-4o-transcribe, "
+                            f"{AUTO_ID} or a speech-to-text id from /v1/models", param="model")
+        model = served_as(model)
         snapshot = await self._inventory.snapshot()
         preferred = (self._default_whisper_id,)
         if model == AUTO_ID:
@@ -121,7 +129,7 @@ class TranscriptionService:
         """For `auto` without a language: the language detected first (by a multilingual Whisper, among
         `languages` when given) and the model routed by it; (card, None) where detection is off or
         could not change the choice (one family of models visible, or no detector)."""
-        if model != AUTO_ID or language is not None or not self._detect_for_auto:
+        if served_as(model) != AUTO_ID or language is not None or not self._detect_for_auto:
             return card, None
         snapshot = await self._inventory.snapshot()
         candidates = [c for c in snapshot.asr_cards() if c.id != AUTO_ID and (task == "transcribe" or c.can_translate)]
@@ -236,6 +244,11 @@ def _able(card: ModelCard, snapshot: Snapshot, needs: Collection[AsrFeature]) ->
             hint = f"use one of: {', '.join(able)}" if able else "no model here can; drop the field"
             raise malformed(f"model '{card.id}' cannot take {spelled}; {hint}", param=param)
     return card
+
+
+def served_as(model: str) -> str:
+    """The model id that serves a request naming `model`: `auto` for OpenAI's gpt-4o transcription models."""
+    return AUTO_ID if model in OPENAI_AUTO_ALIASES else model
 
 
 def _asr_ids(snapshot: Snapshot) -> str:
