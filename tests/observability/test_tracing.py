@@ -6,23 +6,28 @@ OpenTelemetry's own message types), on a loopback port it binds itself.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from aistack.settings import LlmSettings, OllamaSettings, TracingSettings
+from aistack.scheduler import Scheduler
+from aistack.settings import LlmSettings, OllamaSettings, SchedulerSettings, TracingSettings
 from conftest import wait_until
 from doubles.ollama_server import OllamaDouble
 
@@ -176,6 +181,11 @@ def test_each_request_is_one_server_span_with_its_queue_and_engine_spans_under_i
             listed = client.get("/v1/models", headers={"x-request-id": "t-models",
                                                        "traceparent": f"00-{caller_trace}-{caller_span}-01"})
             assert listed.status_code == 200
+        async def open_and_close_a_session() -> str:
+            async with websockets.connect(gateway.url.replace("http://", "ws://") + "/v1/realtime") as ws:
+                return str(json.loads(await ws.recv())["type"])
+
+        assert asyncio.run(open_and_close_a_session()) == "session.created"
         # Stopping the gateway sends what is still buffered; a batch goes out every 50 ms meanwhile.
         gateway.server.should_exit = True
         gateway.thread.join(timeout=30)
@@ -238,6 +248,32 @@ def test_each_request_is_one_server_span_with_its_queue_and_engine_spans_under_i
     assert receiver.children(models_span) == {}
     # Every request its own trace otherwise.
     assert len({receiver.server_span(i).trace_id for i in ids}) == len(ids)  # type: ignore[union-attr]
+
+    # The WebSocket session: one server span for as long as it was open.
+    (session,) = [s for s in receiver.snapshot() if s.kind == SERVER and s.attributes.get("url.path") == "/v1/realtime"]
+    assert session.name == "WebSocket /v1/realtime" and session.attributes["http.route"] == "/v1/realtime"
+    assert session.status == UNSET
+
+
+def test_engine_work_on_a_worker_thread_runs_in_the_requests_context() -> None:
+    """What lets a span made inside an engine (on the device's worker thread) find the request's span."""
+    request = ContextVar("request", default="none")
+    scheduler = Scheduler(SchedulerSettings(cpu_slots=1))
+
+    async def job() -> list[str]:
+        request.set("request-7")
+        lease = await scheduler.admit("cpu", "asr")
+
+        def produce() -> Iterator[str]:
+            yield f"{request.get()} on {threading.current_thread().name}"
+
+        return [item async for item in scheduler.stream(lease, produce)]
+
+    try:
+        (seen,) = asyncio.run(job())
+    finally:
+        scheduler.shutdown()
+    assert seen.startswith("request-7 on aistack-cpu"), seen
 
 
 # -- nothing when it is not configured, or not installed ------------------------------------------
