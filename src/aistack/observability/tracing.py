@@ -48,6 +48,7 @@ REQUEST_ID = "aistack.request_id"
 CANCELLED = "aistack.cancelled"
 
 QUEUE_SPAN = "queue.wait"
+TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context: a caller's trace to join
 ENGINE_SPAN_PREFIX = "engine."
 
 # The tracer of the app serving the current request; None outside a traced request.
@@ -94,23 +95,27 @@ class TracingMiddleware:
     continuing the caller's trace when the request carries a W3C `traceparent`."""
 
     def __init__(self, app: ASGIApp, tracing: GatewayTracing) -> None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
         self.app = app
         self.tracer = tracing.tracer
+        self.propagator = TraceContextTextMapPropagator()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        # Imported already (by `from_settings`); here so that this module imports nothing of them itself.
         from opentelemetry import context, trace
         from opentelemetry.trace import SpanKind, Status, StatusCode
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         from ..api.middleware import MODEL_HEADER, OUTCOME_KEY
 
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WebSocket"
-        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers") or []}
-        caller = TraceContextTextMapPropagator().extract(headers)
+        carrier = {name: value.decode("latin-1") for key, value in scope.get("headers") or []
+                   if (name := key.decode("latin-1").lower()) in TRACE_CONTEXT_HEADERS}
+        caller = self.propagator.extract(carrier) if carrier else None
         span = self.tracer.start_span(method, context=caller, kind=SpanKind.SERVER, attributes={
             "http.request.method": method if is_http else "GET",
             "url.path": scope.get("path", ""),
