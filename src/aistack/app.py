@@ -23,8 +23,9 @@ from .api.middleware import (
     ShutdownDrain,
     UnexpectedErrorMiddleware,
 )
+from .api.tracing import TracingMiddleware
 from .observability.metrics import GatewayMetrics
-from .observability.tracing import GatewayTracing, TracingMiddleware
+from .observability.tracing import GatewayTracing
 from .protocol.errors import ERROR_RESPONSES
 from .runtime import Runtime, build_runtime
 from .security import AccessPolicy
@@ -86,6 +87,5 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(AccessLogMiddleware, json_lines=settings.server.access_log_format == "json")
     if traced is not None:
-        # Outermost: the span covers every layer, and sees the X-Request-Id the access log gives the response.
-        app.add_middleware(TracingMiddleware, tracing=traced)
+        app.add_middleware(TracingMiddleware, tracing=traced)  # outermost
     return app

@@ -3,13 +3,15 @@ spans for the wait for a slot and for the engine's work.
 
 This is the only module that knows OpenTelemetry, and it imports it only once an OTLP endpoint is
 configured (`GatewayTracing.from_settings`); with none, or without the packages, there is no
-middleware and every step below is a no-op that imports nothing. Each app owns its tracer provider
+request middleware (api/tracing.py, the HTTP side) and every step below is a no-op that imports
+nothing. It knows nothing of HTTP itself, so services may use it. Each app owns its tracer provider
 (the global one is left alone), as it owns its metrics registry.
 
-Child spans find their parent by context: the request middleware makes its span current and puts
-the app's tracer in a context variable, which asyncio copies into every task of the request and the
-scheduler into its worker threads. Child spans are never made current themselves: they are opened
-and closed around `await`s and `yield`s, where attaching a context could leak into the caller.
+Child spans find their parent by context: the request's span is made current and the app's tracer is
+put in a context variable while the request is served, which asyncio copies into every task of the
+request and the scheduler into its worker threads. Child spans are never made current themselves:
+they are opened and closed around `await`s and `yield`s, where attaching a context could leak into
+the caller.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import AistackError
@@ -48,7 +48,6 @@ REQUEST_ID = "aistack.request_id"
 CANCELLED = "aistack.cancelled"
 
 QUEUE_SPAN = "queue.wait"
-TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")  # W3C Trace Context: a caller's trace to join
 ENGINE_SPAN_PREFIX = "engine."
 
 # The tracer of the app serving the current request; None outside a traced request.
@@ -59,9 +58,12 @@ class GatewayTracing:
     """One app's tracer provider, exporting batches of finished spans over OTLP/HTTP."""
 
     def __init__(self, provider: TracerProvider, endpoint: str) -> None:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
         self.provider = provider
         self.endpoint = endpoint
         self.tracer: Tracer = provider.get_tracer("aistack", __version__)
+        self.propagator = TraceContextTextMapPropagator()
 
     @classmethod
     def from_settings(cls, settings: TracingSettings) -> GatewayTracing | None:
@@ -85,84 +87,64 @@ class GatewayTracing:
         log.info("tracing to %s as %s", endpoint, settings.service_name)
         return cls(provider, endpoint)
 
+    def request(self, name: str, attributes: Mapping[str, Attribute], trace_context: Mapping[str, str]) -> RequestSpan:
+        return RequestSpan(self, name, attributes, trace_context)
+
     def shutdown(self) -> None:
         """Send the spans still buffered, then stop exporting (blocking: at most the export timeout)."""
         self.provider.shutdown()
 
 
-class TracingMiddleware:
-    """One server span per HTTP request or WebSocket session, named by its route template (bounded),
-    continuing the caller's trace when the request carries a W3C `traceparent`."""
+class RequestSpan:
+    """The server span of one request or WebSocket session (the HTTP middleware, api/tracing.py, drives it)."""
 
-    def __init__(self, app: ASGIApp, tracing: GatewayTracing) -> None:
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    def __init__(self, tracing: GatewayTracing, name: str, attributes: Mapping[str, Attribute],
+                 trace_context: Mapping[str, str]) -> None:
+        from opentelemetry.trace import SpanKind
 
-        self.app = app
-        self.tracer = tracing.tracer
-        self.propagator = TraceContextTextMapPropagator()
+        self._tracer = tracing.tracer
+        # A caller's W3C trace context (traceparent, tracestate): the request joins its trace.
+        self._caller = tracing.propagator.extract(trace_context) if trace_context else None
+        self._span = self._tracer.start_span(name, context=self._caller, kind=SpanKind.SERVER, attributes=attributes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        # Imported already (by `from_settings`); here so that this module imports nothing of them itself.
+    def set(self, key: str, value: Attribute) -> None:
+        self._span.set_attribute(key, value)
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        """The block that serves the request, with this span current: the steps inside become its children."""
         from opentelemetry import context, trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.trace import Status, StatusCode
 
-        from ..api.middleware import MODEL_HEADER, OUTCOME_KEY
-
-        is_http = scope["type"] == "http"
-        method = scope["method"] if is_http else "WebSocket"
-        carrier = {name: value.decode("latin-1") for key, value in scope.get("headers") or []
-                   if (name := key.decode("latin-1").lower()) in TRACE_CONTEXT_HEADERS}
-        caller = self.propagator.extract(carrier) if carrier else None
-        span = self.tracer.start_span(method, context=caller, kind=SpanKind.SERVER, attributes={
-            "http.request.method": method if is_http else "GET",
-            "url.path": scope.get("path", ""),
-            "url.scheme": scope.get("scheme", "http"),
-        })
-        status: int | None = None
-        model_header = MODEL_HEADER.encode()
-
-        async def send_watching(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for key, value in message.get("headers") or []:
-                    name = key.lower()
-                    if name == model_header:
-                        span.set_attribute(MODEL, value.decode("latin-1"))
-                    elif name == b"x-request-id":
-                        span.set_attribute(REQUEST_ID, value.decode("latin-1"))
-            await send(message)
-
-        attached = context.attach(trace.set_span_in_context(span, caller))
-        tracer_set = _request_tracer.set(self.tracer)
+        attached = context.attach(trace.set_span_in_context(self._span, self._caller))
+        tracer_set = _request_tracer.set(self._tracer)
         try:
-            await self.app(scope, receive, send_watching if is_http else send)
+            yield
         except asyncio.CancelledError:
-            span.set_attribute(CANCELLED, True)
+            self._span.set_attribute(CANCELLED, True)
             raise
         except BaseException as error:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, _describe(error)))
+            self._span.record_exception(error)
+            self._span.set_status(Status(StatusCode.ERROR, _describe(error)))
             raise
         finally:
             _request_tracer.reset(tracer_set)
             context.detach(attached)
-            route = getattr(scope.get("route"), "path", None)
-            if route:
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-            if scope.get("state", {}).get(OUTCOME_KEY) == "cancelled":
-                span.set_attribute(CANCELLED, True)
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
-                # OpenTelemetry's HTTP conventions: a server span is an error for 5xx; a 4xx is the caller's.
-                if status >= 500:
-                    span.set_attribute("error.type", str(status))
-                    span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
-            span.end()
+
+    def finish(self, method: str, route: str | None, status: int | None) -> None:
+        """Name the span by its route template (names stay bounded), record the status, and end it."""
+        from opentelemetry.trace import Status, StatusCode
+
+        if route:
+            self._span.update_name(f"{method} {route}")
+            self._span.set_attribute("http.route", route)
+        if status is not None:
+            self._span.set_attribute("http.response.status_code", status)
+            # OpenTelemetry's HTTP conventions: a server span is an error for 5xx; a 4xx is the caller's.
+            if status >= 500:
+                self._span.set_attribute("error.type", str(status))
+                self._span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+        self._span.end()
 
 
 class Step:
