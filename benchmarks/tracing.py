@@ -16,7 +16,12 @@ WAV (the whole path: upload, decode, queue, engine). Each run times --lists list
 first from run to run, one request at a time on a kept-alive httpx connection, so both sides see the
 same machine noise; each side has an untimed warm-up first (the lazy model load). A run's figure is
 the median request latency; the result is the median over --runs runs of each side and the ratio
-on / off. Progress goes to stderr, the figures to stdout; the gateways are stopped by their PIDs.
+on / off. A last row is CPU time rather than latency, which other work on the machine disturbs far
+less: the process's CPU seconds (all its threads) per GET /v1/models (4 x --lists a run) sent
+straight into two apps built in this process, one traced to a receiver of its own, through httpx's
+ASGI transport (no sockets, no server process), its window ending with a flush of its spans, so the
+difference is the span machinery and the export. Progress goes to stderr, the figures to
+stdout; the gateways are stopped by their PIDs.
 """
 
 from __future__ import annotations
@@ -109,6 +114,10 @@ def start_gateway(workdir: Path, name: str, extra_env: dict[str, str]) -> tuple[
     raise RuntimeError(f"the {name} gateway did not come up")
 
 
+def cell(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.2f} ({min(values) * 1000:.2f}-{max(values) * 1000:.2f})"
+
+
 def median_latency(requests: int, send: Any, side: str) -> float:
     took = []
     for _ in range(requests):
@@ -116,6 +125,46 @@ def median_latency(requests: int, send: Any, side: str) -> float:
         send(side)
         took.append(time.perf_counter() - started)
     return statistics.median(took)
+
+
+def in_process_cpu(workdir: Path, receiver_url: str, runs: int, lists: int) -> dict[str, list[float]]:
+    """CPU seconds per GET /v1/models straight into two apps in this process (httpx's ASGI transport):
+    no sockets, no server, so what is left is the app and its middleware, spans and their export included."""
+    import asyncio
+
+    from aistack.app import create_app
+    from aistack.settings import Settings
+
+    common: dict[str, Any] = {"cache_dir": workdir / "cache", "llm": {"ollama": {"enabled": False},
+                                                                     "embedded": {"packaged_default": False}}}
+    apps = {"off": create_app(Settings(**common)),
+            "on": create_app(Settings(**common, tracing={"otlp_endpoint": receiver_url}))}
+
+    async def measure() -> dict[str, list[float]]:
+        figures: dict[str, list[float]] = {}
+        clients = {side: httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:11500")
+                   for side, app in apps.items()}
+        for client in clients.values():
+            (await client.get("/v1/models")).raise_for_status()
+        for run in range(runs):
+            for side in (("off", "on") if run % 2 == 0 else ("on", "off")):
+                started = time.process_time()
+                for _ in range(lists):
+                    (await clients[side].get("/v1/models")).raise_for_status()
+                tracing = apps[side].state.tracing
+                if tracing is not None:
+                    tracing.provider.force_flush()  # its spans' export counted on its side
+                figures.setdefault(side, []).append((time.process_time() - started) / lists)
+        for client in clients.values():
+            await client.aclose()
+        return figures
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        tracing = apps["on"].state.tracing
+        if tracing is not None:
+            tracing.shutdown()
 
 
 def main() -> int:
@@ -159,6 +208,9 @@ def main() -> int:
                         median_latency(args.transcriptions, transcription, side))
             for client in clients.values():
                 client.close()
+            print("in process ...", file=sys.stderr)
+            in_process_receiver = SpanCounter()
+            in_process = in_process_cpu(workdir, in_process_receiver.url, args.runs, args.lists * 4)
         finally:
             for process, _ in gateways.values():
                 if process.poll() is None:
@@ -175,11 +227,11 @@ def main() -> int:
     print(f"{'request':32} {'off':>18} {'on':>18} {'on/off':>7}")
     for what, label in (("models", "GET /v1/models"), ("transcription", f"transcription ({ASR_MODEL}, ~4 s)")):
         off, on = figures[(what, "off")], figures[(what, "on")]
-
-        def cell(values: list[float]) -> str:
-            return f"{statistics.median(values) * 1000:.2f} ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})"
-
         print(f"{label:32} {cell(off):>18} {cell(on):>18} {statistics.median(on) / statistics.median(off):>7.3f}")
+    off, on = in_process["off"], in_process["on"]
+    added = (statistics.median(on) - statistics.median(off)) * 1e6
+    print(f"{'GET /v1/models, in process, CPU':32} {cell(off):>18} {cell(on):>18} {statistics.median(on) / statistics.median(off):>7.3f}"
+          f"   ({added:+.0f} us of CPU a request)")
     return 0
 
 
