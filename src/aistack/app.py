@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,7 +23,9 @@ from .api.middleware import (
     ShutdownDrain,
     UnexpectedErrorMiddleware,
 )
+from .api.tracing import TracingMiddleware
 from .observability.metrics import GatewayMetrics
+from .observability.tracing import GatewayTracing
 from .protocol.errors import ERROR_RESPONSES
 from .runtime import Runtime, build_runtime
 from .security import AccessPolicy
@@ -37,6 +40,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     drain = ShutdownDrain(settings.server.shutdown_grace_s)
     gathered = GatewayMetrics(held.inventory.listed_ids)
     gathered.watch(held)
+    traced = GatewayTracing.from_settings(settings.tracing)  # None unless an OTLP endpoint is configured
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,6 +50,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
                 yield
         finally:
             await held.stop()
+            if traced is not None:
+                await asyncio.to_thread(traced.shutdown)  # sends the spans still buffered
 
     app = FastAPI(
         title="aistack",
@@ -57,6 +63,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.access = access
     app.state.drain = drain
     app.state.metrics = gathered
+    app.state.tracing = traced
     install_error_handlers(app)
     for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router, realtime.router,
                    metrics.router):
@@ -79,4 +86,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=gathered)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(AccessLogMiddleware, json_lines=settings.server.access_log_format == "json")
+    if traced is not None:
+        app.add_middleware(TracingMiddleware, tracing=traced)  # outermost
     return app

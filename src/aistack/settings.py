@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -325,6 +326,35 @@ class ServerSettings(BaseModel):
     )
 
 
+class TracingSettings(BaseModel):
+    """Optional OpenTelemetry traces over OTLP/HTTP (docs/metrics.md, Tracing); needs the `tracing` extra."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="The OTLP/HTTP collector's base URL (e.g. http://127.0.0.1:4318; /v1/traces is added unless the URL "
+        "ends in it). Unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT; none of them: no tracing.",
+    )
+    service_name: str = Field("aistack", min_length=1, description="The `service.name` the spans are sent under.")
+    export_interval_s: float = Field(5.0, gt=0, description="Finished spans are sent in batches at least this often.")
+    export_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the collector to take one batch.")
+
+    def traces_url(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """Where spans go, or None for no tracing: this setting, else the standard OpenTelemetry variables."""
+        if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            return None
+        if self.otlp_endpoint:
+            return _signal_url(self.otlp_endpoint)
+        if environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            return environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]  # the whole URL, as OpenTelemetry's own variable means it
+        if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            return _signal_url(environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        return None
+
+
+def _signal_url(base: str) -> str:
+    trimmed = base.rstrip("/")
+    return trimmed if trimmed.endswith("/v1/traces") else f"{trimmed}/v1/traces"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AISTACK_",
@@ -363,6 +393,7 @@ class Settings(BaseSettings):
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -9,12 +9,14 @@ segment, a sentence). The slot is given back when the engine has actually stoppe
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ..observability import tracing
 from ..settings import SchedulerSettings
 from .slots import DeviceQueue, Lease
 
@@ -52,7 +54,12 @@ class Scheduler:
 
     async def admit(self, device: str, capability: str) -> Lease:
         """A slot on `device`, after waiting in its queue if need be; 503 busy when full or too slow."""
-        return await self.queue(device).acquire(capability)
+        queue = self.queue(device)
+        with tracing.step(tracing.QUEUE_SPAN, {tracing.DEVICE: device, tracing.CAPABILITY: capability,
+                                               tracing.QUEUE_DEPTH: queue.queued}) as waiting:
+            lease = await queue.acquire(capability)
+            waiting.set(tracing.QUEUE_WAIT, lease.waited_s)
+            return lease
 
     def describe(self) -> dict[str, dict[str, object]]:
         return {device: queue.describe() for device, queue in self._queues.items()}
@@ -112,7 +119,8 @@ class Scheduler:
             raise RuntimeError("this lease was already given back")
         lease.taken_over = True
         try:
-            self._workers[lease.device].submit(work)
+            # In the request's context (its trace among it), as the code on the loop side runs.
+            self._workers[lease.device].submit(contextvars.copy_context().run, work)
         except RuntimeError:  # shutting down
             lease.release()
             raise

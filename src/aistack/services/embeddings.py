@@ -19,6 +19,7 @@ import numpy as np
 from ..engines.base import Embedder, EmbeddingBackend, ModelCard
 from ..errors import malformed
 from ..lifecycle import ModelLifecycle
+from ..observability import tracing
 from ..scheduler import Lease, Scheduler
 from ..settings import EmbeddingSettings
 from .claims import claim_embedder
@@ -109,9 +110,11 @@ class EmbeddingService:
             def work() -> Iterator[tuple[np.ndarray, int]]:
                 yield _run(embedder, batch, dimensions)
 
-            async for result in self._scheduler.stream(lease, work):
-                return result
-            raise RuntimeError("the embedding job ended without a result")  # the worker stopped before the batch
+            with tracing.engine_step("embeddings", card.provider, card.id) as traced:
+                traced.set("aistack.inputs", len(batch))
+                async for result in self._scheduler.stream(lease, work):
+                    return result
+                raise RuntimeError("the embedding job ended without a result")  # the worker stopped before the batch
         finally:
             for held in leases:
                 with contextlib.suppress(Exception):

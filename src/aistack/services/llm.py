@@ -35,6 +35,7 @@ from ..engines.upstream_errors import UpstreamRefusal, read_refusal
 from ..errors import AistackError, ErrorKind, malformed, not_found
 from ..inventory import Inventory, Snapshot
 from ..lifecycle import ModelLifecycle
+from ..observability import tracing
 from ..scheduler.upstreams import UpstreamGate
 from ..settings import LlmSettings
 from .embeddings import EmbeddingService
@@ -235,6 +236,9 @@ class LlmProxy:
 
     async def _send(self, upstream: ChatUpstream, card: ModelCard, endpoint: str, body: bytes) -> UpstreamAnswer:
         held = AsyncExitStack()
+        # The relay, from the upstream's start (on demand) to the end of its answer; ends as `held` closes.
+        traced = tracing.start_engine_step("llm", upstream.provider, card.id)
+        held.callback(traced.end)
         try:
             if isinstance(upstream, ServerBackend) and self._lifecycle is not None:
                 # Started on first use (the request waits until it is healthy); in use until the answer ends.
@@ -246,7 +250,8 @@ class LlmProxy:
                 raise AistackError(ErrorKind.NETWORK, f"{missing.reason}; {missing.fix}", provider=upstream.provider,
                                    headers=self._retry_headers(upstream.provider))
             await held.enter_async_context(self._gate.call(upstream.provider, "llm"))
-        except BaseException:
+        except BaseException as error:
+            traced.fail(error)
             await held.aclose()
             raise
         client = self._client(upstream.provider)
@@ -255,25 +260,28 @@ class LlmProxy:
         try:
             response = await client.send(request, stream=True)
         except BaseException as error:
+            traced.fail(error)
             await held.aclose()
             if isinstance(error, httpx.HTTPError):
                 raise self._transport_error(upstream, error) from None
             raise
         held.push_async_callback(response.aclose)
+        traced.set("http.response.status_code", response.status_code)
         try:
             if response.status_code >= 400:
                 raise await self._upstream_error(upstream, card, response)
-        except BaseException:
+        except BaseException as error:
+            traced.fail(error.error if isinstance(error, UpstreamRefused) else error)
             await held.aclose()
             raise
         content_type = response.headers.get("content-type", "")
         relayed = {name: response.headers[name] for name in RELAYED_HEADERS if name in response.headers}
         is_event_stream = content_type.startswith("text/event-stream")
         return UpstreamAnswer(card, response.status_code, relayed,
-                              self._body(upstream, response, held, is_event_stream, card.id), is_event_stream, held)
+                              self._body(upstream, response, held, is_event_stream, card.id, traced), is_event_stream, held)
 
     async def _body(self, upstream: ChatUpstream, response: httpx.Response, held: AsyncExitStack,
-                    is_event_stream: bool, model_id: str = "") -> AsyncGenerator[bytes, None]:
+                    is_event_stream: bool, model_id: str = "", traced: tracing.Step = tracing.NO_STEP) -> AsyncGenerator[bytes, None]:
         tail = b""  # the end of what was relayed: whether an event stream finished, and the usage it reported
         try:
             async for chunk in response.aiter_raw():
@@ -282,6 +290,7 @@ class LlmProxy:
             self._tell_usage(model_id, tail, response.headers.get("content-encoding"))
         except httpx.HTTPError as error:
             failure = self._transport_error(upstream, error, mid_stream=True)
+            traced.fail(failure)
             log.warning("%s failed mid-answer: %s", upstream.provider, failure.message)
             if not is_event_stream:
                 raise failure from None  # nothing else can tell a client reading a plain body

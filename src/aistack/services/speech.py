@@ -33,6 +33,7 @@ from ..engines.base import (
 from ..errors import AistackError, ErrorKind, malformed
 from ..inventory import Inventory, Snapshot
 from ..lifecycle import ModelLifecycle
+from ..observability import tracing
 from ..observability.events import EngineEvents
 from ..protocol.errors import ErrorEvent
 from ..protocol.speech import SpeechAudioDelta, SpeechAudioDone, SpeechUsage
@@ -180,10 +181,12 @@ class SpeechService:
     async def _engine_errors(self, card: ModelCard, chunks: ClosableAsyncIterator[PcmChunk]) -> AsyncGenerator[PcmChunk, None]:
         made = 0.0
         try:
-            async with aclosing(chunks) as items:
-                async for chunk in items:
-                    made += chunk.samples.size / chunk.sample_rate if chunk.sample_rate else 0.0
-                    yield chunk
+            with tracing.engine_step("speech", card.provider, card.id) as traced:
+                async with aclosing(chunks) as items:
+                    async for chunk in items:
+                        made += chunk.samples.size / chunk.sample_rate if chunk.sample_rate else 0.0
+                        yield chunk
+                traced.set("aistack.audio_s", made)
         except AistackError:
             raise
         except Exception as error:

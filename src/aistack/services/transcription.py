@@ -30,6 +30,7 @@ from ..errors import AistackError, ErrorKind, malformed
 from ..inventory import AUTO_ID, Inventory, Snapshot
 from ..languages import KNOWN_ASR_LANGUAGES
 from ..lifecycle import ModelLifecycle
+from ..observability import tracing
 from ..observability.events import EngineEvents
 from ..protocol.errors import ErrorEvent
 from ..protocol.transcription import (
@@ -176,11 +177,13 @@ class TranscriptionService:
 
         duration = 0.0
         try:
-            async with aclosing(self._scheduler.stream(job.lease, produce)) as items:
-                async for item in items:
-                    if isinstance(item, TranscriptionInfo):
-                        duration = item.duration
-                    yield item
+            with tracing.engine_step("transcription", card.provider, card.id) as traced:
+                async with aclosing(self._scheduler.stream(job.lease, produce)) as items:
+                    async for item in items:
+                        if isinstance(item, TranscriptionInfo):
+                            duration = item.duration
+                            traced.set("aistack.audio_s", duration)
+                        yield item
             events.audio_done("transcribed", card.id, duration)
         except AistackError:
             raise
