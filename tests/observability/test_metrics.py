@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aistack.app import create_app
 from aistack.observability.metrics import OTHER_MODEL, GatewayMetrics
 from aistack.settings import Settings
+from conftest import wait_until
 
 MODEL = "whisper-tiny.en"
 
@@ -94,3 +96,26 @@ def test_requests_queues_models_and_audio_are_counted(make_inprocess_gateway, en
     assert value(found, "aistack_model_resident_bytes", model=MODEL) is None  # gone after the unload
     assert value(found, "aistack_upstream_up", upstream="ollama") == 0  # no Ollama daemon here
     assert value(found, "aistack_upstream_probe_seconds", upstream="ollama") is not None
+
+
+@pytest.mark.slow
+def test_realtime_sessions_open_are_counted(make_inprocess_gateway) -> None:
+    # Before: the gauge was declared and never moved (0 with a session open).
+    import websockets
+
+    gateway = make_inprocess_gateway()
+    ws_url = gateway.url.replace("http://", "ws://") + "/v1/realtime"
+
+    def open_sessions(client: httpx.Client) -> float | None:
+        return value(samples(client.get("/metrics").text), "aistack_realtime_sessions")
+
+    async def scenario(client: httpx.Client) -> None:
+        async with websockets.connect(ws_url) as first, websockets.connect(ws_url) as second:
+            for socket_ in (first, second):
+                assert json.loads(await socket_.recv())["type"] == "session.created"
+            assert await asyncio.to_thread(open_sessions, client) == 2
+
+    with gateway.client() as client:
+        assert open_sessions(client) == 0
+        asyncio.run(scenario(client))
+        assert wait_until(lambda: open_sessions(client) == 0, timeout=30)
