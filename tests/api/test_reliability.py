@@ -4,9 +4,11 @@ trickle, and a stop (SIGTERM) in the middle of work."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +69,41 @@ def test_clients_that_trickle_are_closed_and_do_not_delay_others(strict_gateway:
     finally:
         for sock in (*trickling_headers, trickling_body):
             sock.close()
+
+
+def trickle_until_closed(sock: socket.socket, limit_s: float = 60.0) -> tuple[bytes, bool]:
+    """Send a byte every quarter second (the slow client itself) until the server closes the connection
+    or `limit_s` passes; what the server sent, and whether it closed."""
+    received = b""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"z")
+        except OSError:  # reset: closed
+            return received, True
+        readable, _, _ = select.select([sock], [], [], 0.25)
+        if readable:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return received, True
+            if not chunk:
+                return received, True
+            received += chunk
+    return received, False
+
+
+def test_a_body_still_trickling_after_its_answer_is_closed(strict_gateway: Gateway) -> None:
+    # Before: a body the app never reads (a route without one, a refusal) was read and dropped by the
+    # server for as long as it came, each byte putting off the keep-alive limit: never closed.
+    sock = connect(strict_gateway.url)
+    try:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{")
+        received, closed = trickle_until_closed(sock)
+        assert received.startswith(b"HTTP/1.1 200"), received[:200]
+        assert closed, "the connection was still open after 60 s of a body trickling"
+    finally:
+        sock.close()
 
 
 def running_jobs(client: httpx.Client) -> int:
