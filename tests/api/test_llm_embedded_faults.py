@@ -126,5 +126,9 @@ def test_the_packaged_child_started_on_demand_killed_gets_503_with_retry_after_a
             # model's load: it is refused.
             assert refusals
             assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in refusals), [r.headers for r in refusals]
+            wrong = client.get("/v1/models", headers={"Authorization": "Bearer a-wrong-key-presented"})
+            assert wrong.status_code == 401 and "a-wrong-key-presented" not in wrong.text
     finally:
         stop_gateway(gateway)
+    # Neither the gateway's key nor one presented to it is ever logged.
+    assert GATEWAY_KEY not in gateway.log() and "a-wrong-key-presented" not in gateway.log()
