@@ -119,3 +119,32 @@ def test_realtime_sessions_open_are_counted(make_inprocess_gateway) -> None:
         assert open_sessions(client) == 0
         asyncio.run(scenario(client))
         assert wait_until(lambda: open_sessions(client) == 0, timeout=30)
+
+
+def test_route_and_model_labels_stay_bounded_whatever_the_paths_and_ids(tmp_path: Path) -> None:
+    # A raw path or a made-up id as a label would make a new series per request.
+    import random
+    import string
+
+    app = create_app(Settings(cache_dir=tmp_path))
+    made_up = ["".join(random.Random(n).choices(string.ascii_lowercase, k=12)) for n in range(60)]
+
+    async def scenario() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11500") as client:
+            for word in made_up:
+                await client.get(f"/v1/{word}")
+                await client.get(f"/{word}/x")
+                await client.get(f"/v1/models/{word}")
+                await client.post(f"/admin/models/{word}/unload")
+                await client.post("/v1/chat/completions", json={"model": word, "messages": [{"role": "user", "content": "hi"}]})
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(scenario())
+    assert not [word for word in made_up if word in text]
+    routes = {sample.labels["route"] for family in text_string_to_metric_families(text) for sample in family.samples
+              if "route" in sample.labels}
+    assert routes == {"unmatched", "/v1/models/{model_id:path}", "/admin/models/{model_id:path}/unload",
+                      "/v1/chat/completions"}, routes
+    series = sum(len(family.samples) for family in text_string_to_metric_families(text))
+    assert series < 400, series
