@@ -148,3 +148,12 @@ def test_route_and_model_labels_stay_bounded_whatever_the_paths_and_ids(tmp_path
                       "/v1/chat/completions"}, routes
     series = sum(len(family.samples) for family in text_string_to_metric_families(text))
     assert series < 400, series
+
+
+def test_every_metric_served_is_documented(tmp_path: Path) -> None:
+    documented = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    families = list(text_string_to_metric_families(scrape(create_app(Settings(cache_dir=tmp_path))).text))
+    assert len(families) >= 17
+    for family in families:
+        shown = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{shown}`" in documented, f"{shown} is served but not in docs/metrics.md"
