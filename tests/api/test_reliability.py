@@ -110,6 +110,32 @@ def running_jobs(client: httpx.Client) -> int:
     return sum(engine["running"] for engine in client.get("/ready").json()["engines"].values())
 
 
+def test_sigterm_lets_a_running_transcription_finish_within_the_grace_period(
+        models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
+    # The stop's ordinary case: what runs when SIGTERM comes is answered in full, then the gateway exits.
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "120"})
+    outcome: dict[str, httpx.Response] = {}
+
+    def transcribe() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=180) as client, open(long_wav, "rb") as audio:
+            outcome["response"] = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL})
+
+    worker = threading.Thread(target=transcribe)
+    try:
+        worker.start()
+        with gateway.client() as client:
+            assert wait_until(lambda: running_jobs(client) >= 1, timeout=60)
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.wait(timeout=150)
+        worker.join(timeout=30)
+    finally:
+        stop_gateway(gateway)
+    response = outcome["response"]
+    assert response.status_code == 200, response.text
+    text = response.json()["text"].lower()
+    assert "baker" in text and text.rstrip(".").endswith("goes to bed early")  # the whole of it, to its end
+
+
 def test_sigterm_ends_a_running_transcription_with_the_envelope_and_leaves_no_child(
         models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
     # No grace: whatever runs when the stop comes is ended by the drain. Before: a plain-text 500.
