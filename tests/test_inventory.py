@@ -207,6 +207,22 @@ def test_results_are_cached_within_the_ttl_and_refreshed_after(clock: SteppedClo
     asyncio.run(scenario())
 
 
+def test_the_listed_ids_outlive_an_invalidation(clock: SteppedClock):
+    # Metric labels are bounded by them: emptied by `invalidate` (the embedded server starting, a request
+    # for a made-up model), a listed model's counts went to `other` until the next listing.
+    inventory = Inventory([StaticBackend("faster-whisper", (asr("whisper-small"),))], probe_timeout_s=PROBE_TIMEOUT_S,
+                          ttl_s=0.3)
+
+    async def scenario():
+        assert inventory.listed_ids() == frozenset() and inventory.last_snapshot() is None
+        taken = await inventory.snapshot()
+        inventory.invalidate()
+        assert "whisper-small" in inventory.listed_ids()
+        assert inventory.last_snapshot() is taken
+
+    asyncio.run(scenario())
+
+
 def test_a_request_may_take_a_stale_listing_while_it_is_refreshed(clock: SteppedClock):
     release = threading.Event()
     release.set()

@@ -62,6 +62,26 @@ def test_each_key_grants_its_scope_and_admin_includes_user() -> None:
     assert access.authorize("admin-key", AccessScope.NONE) == ADMIN
 
 
+def test_every_key_is_compared_in_constant_time_whichever_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Timing must not tell which key came close or how long it is: hmac.compare_digest on equal-length
+    # digests, against every key, the first match included.
+    import hmac
+
+    compared: list[tuple[int, int]] = []
+    original = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return original(a, b)
+
+    monkeypatch.setattr("aistack.security.hmac.compare_digest", counting)
+    access = AccessPolicy([(ADMIN, "admin-key"), (USER, "u"), (USER, "a-much-longer-user-key-" * 8)])
+    for presented, scope in (("admin-key", ADMIN), ("u", USER), ("nope", AccessScope.NONE)):
+        compared.clear()
+        assert access.scope_of(presented) == scope
+        assert len(compared) == 3 and len({length for pair in compared for length in pair}) == 1
+
+
 def test_without_keys_every_caller_is_admin() -> None:
     access = AccessPolicy([])
     assert not access.has_keys

@@ -91,6 +91,9 @@ class Inventory:
         self.probe_timeout_s = probe_timeout_s
         self.ttl_s = ttl_s
         self._snapshot: Snapshot | None = None
+        # Kept across `invalidate` (for metrics): the latest listing, while the next one is being taken.
+        self._latest: Snapshot | None = None
+        self._listed_ids: frozenset[str] = frozenset()
         self._refreshing: asyncio.Task[Snapshot] | None = None
         self._probes_in_flight: dict[str, Future[BackendStatus]] = {}
         # Each backend's model ids as last seen, so a probe that fails names the models it hides.
@@ -118,6 +121,8 @@ class Inventory:
     async def _refresh(self) -> Snapshot:
         statuses = await asyncio.gather(*(self._probe(b) for b in self.backends))
         self._snapshot = Snapshot(tuple(statuses), time.monotonic())
+        self._latest = self._snapshot
+        self._listed_ids = frozenset(card.id for card in self._snapshot.listing())
         return self._snapshot
 
     def _remembering(self, provider: str, status: BackendStatus) -> BackendStatus:
@@ -155,13 +160,14 @@ class Inventory:
         return future
 
     def last_snapshot(self) -> Snapshot | None:
-        """The latest listing as it is, without probing."""
-        return self._snapshot
+        """The latest listing as it is, without probing (also after `invalidate`)."""
+        return self._latest
 
     def listed_ids(self) -> frozenset[str]:
-        """The model ids of the latest listing, without probing (metric labels are bounded by it)."""
-        current = self._snapshot
-        return frozenset(card.id for card in current.listing()) if current is not None else frozenset()
+        """The model ids of the latest listing, without probing (metric labels are bounded by it); still
+        those of the latest listing after `invalidate`, so that a model's counts do not move to `other`
+        in the moment before the next listing (its server just started, say)."""
+        return self._listed_ids
 
     async def _probe(self, backend: ProbedEngine) -> BackendStatus:
         started = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -26,6 +27,9 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost
 OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 USER_DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
 WEB_SCHEME_OF = {"ws": "http", "wss": "https"}
+# Environment variables a child process (an engine worker, the embedded llama.cpp server) is not handed:
+# aistack's own settings (keys, the key file's path) and the model hub's token.
+SECRET_ENV_PREFIXES = ("AISTACK_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 class AccessScope(str, Enum):
@@ -45,6 +49,11 @@ class _Key:
 def _digest(key: str) -> bytes:
     # Fixed-length digests, so that the comparison takes the same time whatever the key's length.
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def environment_without_secrets() -> dict[str, str]:
+    """This process's environment for a child it starts, less aistack's settings and hub tokens."""
+    return {name: value for name, value in os.environ.items() if not name.upper().startswith(SECRET_ENV_PREFIXES)}
 
 
 def key_from_authorization(value: str | None) -> str | None:

@@ -19,13 +19,20 @@ from .settings import Settings
 UVICORN_EXTRA_GRACE_S = 5.0
 
 
-def header_timed_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
+def header_timed_protocol(header_timeout_s: float, body_timeout_s: float | None = None) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, closing a connection whose request headers are not complete
     within `header_timeout_s` of the connection opening or of the request's first byte (uvicorn
-    itself has no such limit: a client sending a byte a second held its connection for ever)."""
+    itself has no such limit: a client sending a byte a second held its connection for ever).
+
+    With `body_timeout_s`, also one whose request body is still arriving that long after its headers
+    once the request is answered: a body the app never reads (a 401, a route without a body) is not
+    held to the body limit by the app (BodyLimitMiddleware), and uvicorn reads and drops it for as
+    long as it comes, each byte putting its keep-alive limit off."""
 
     class HeaderTimedProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
+        _body_overdue = False
 
         def _arm_header_timer(self) -> None:
             self._disarm_header_timer()
@@ -36,8 +43,25 @@ def header_timed_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
                 self._header_timer.cancel()
                 self._header_timer = None
 
+        def _disarm_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
         def _headers_too_slow(self) -> None:
             self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def _body_too_slow(self) -> None:
+            self._body_timer = None
+            self._body_overdue = True
+            if self.cycle is None or self.cycle.response_complete:
+                self._close_body_overdue()
+            # Otherwise the app is still answering: if it reads the body it refuses it (408) itself, and
+            # the connection closes once the answer is sent (on_response_complete).
+
+        def _close_body_overdue(self) -> None:
             if not self.transport.is_closing():
                 self.transport.close()
 
@@ -51,10 +75,31 @@ def header_timed_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
 
         def on_headers_complete(self) -> None:
             self._disarm_header_timer()
+            self._body_overdue = False
+            if body_timeout_s is not None:
+                self._disarm_body_timer()
+                self._body_timer = self.loop.call_later(body_timeout_s, self._body_too_slow)
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm_body_timer()
+            self._body_overdue = False
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._body_overdue:
+                self._close_body_overdue()
+
+        def handle_websocket_upgrade(self) -> None:
+            # The connection is the WebSocket protocol's from here on.
+            self._disarm_header_timer()
+            self._disarm_body_timer()
+            super().handle_websocket_upgrade()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_timer()
+            self._disarm_body_timer()
             super().connection_lost(exc)
 
     return HeaderTimedProtocol
@@ -77,7 +122,7 @@ class GatewayServer(uvicorn.Server):
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, access_log=False, log_level=settings.log_level,
-        http=header_timed_protocol(settings.server.header_timeout_s),
+        http=header_timed_protocol(settings.server.header_timeout_s, settings.server.body_timeout_s),
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s + UVICORN_EXTRA_GRACE_S),
         # A WebSocket frame a little over realtime.max_event_mb gets an error event; one far over it is
         # closed by the server (1009) before it is held in memory.

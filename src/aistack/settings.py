@@ -315,7 +315,8 @@ class ServerSettings(BaseModel):
 
     header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request headers are not complete within this is closed.")
     body_timeout_s: float = Field(
-        120.0, gt=0, description="A request whose body has not fully arrived this long after its headers is refused (408) and closed.",
+        120.0, gt=0, description="A request whose body has not fully arrived this long after its headers is refused (400) "
+        "and closed; closed too when it was answered without its body (a refusal) and the body still trickles in.",
     )
     access_log_format: Literal["text", "json"] = Field(
         "text", description="One access-log line per request: text (control characters escaped) or a JSON object.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from pathlib import Path
 
 import httpx
@@ -173,3 +174,31 @@ def test_the_json_access_log_is_one_object_a_request(tmp_path: Path, caplog) -> 
     entry = json.loads(lines[0])
     assert entry["request_id"] == "trace-7" and entry["path"] == "/v1/x\nforged" and entry["status"] == 404
     assert entry["method"] == "GET" and entry["duration_ms"] >= 0
+
+
+@pytest.mark.slow
+def test_a_foreign_page_cannot_open_the_realtime_websocket_of_a_keyless_gateway(make_inprocess_gateway) -> None:
+    # Browsers apply no CORS to WebSockets: the handshake's Origin and Host are the only guard.
+    import websockets
+
+    gateway = make_inprocess_gateway()
+    ws_url = gateway.url.replace("http://", "ws://") + "/v1/realtime"
+
+    async def handshake(**options) -> int | str:
+        try:
+            async with websockets.connect(ws_url, open_timeout=30, **options) as socket_:
+                return json.loads(await socket_.recv())["type"]
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+
+    def rebound_handshake() -> bytes:
+        address = httpx.URL(gateway.url)
+        with socket.create_connection((address.host, address.port), timeout=30) as raw:
+            raw.sendall(b"GET /v1/realtime HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            return raw.recv(65536)
+
+    assert asyncio.run(handshake(origin="http://evil.example")) == 403
+    assert rebound_handshake().startswith(b"HTTP/1.1 400")  # DNS rebinding
+    assert asyncio.run(handshake(origin=gateway.url)) == "session.created"
+    assert asyncio.run(handshake()) == "session.created"  # no Origin: not a browser

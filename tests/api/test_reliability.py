@@ -4,9 +4,11 @@ trickle, and a stop (SIGTERM) in the middle of work."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,8 +71,69 @@ def test_clients_that_trickle_are_closed_and_do_not_delay_others(strict_gateway:
             sock.close()
 
 
+def trickle_until_closed(sock: socket.socket, limit_s: float = 60.0) -> tuple[bytes, bool]:
+    """Send a byte every quarter second (the slow client itself) until the server closes the connection
+    or `limit_s` passes; what the server sent, and whether it closed."""
+    received = b""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"z")
+        except OSError:  # reset: closed
+            return received, True
+        readable, _, _ = select.select([sock], [], [], 0.25)
+        if readable:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                return received, True
+            if not chunk:
+                return received, True
+            received += chunk
+    return received, False
+
+
+def test_a_body_still_trickling_after_its_answer_is_closed(strict_gateway: Gateway) -> None:
+    # Before: a body the app never reads (a route without one, a refusal) was read and dropped by the
+    # server for as long as it came, each byte putting off the keep-alive limit: never closed.
+    sock = connect(strict_gateway.url)
+    try:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n{")
+        received, closed = trickle_until_closed(sock)
+        assert received.startswith(b"HTTP/1.1 200"), received[:200]
+        assert closed, "the connection was still open after 60 s of a body trickling"
+    finally:
+        sock.close()
+
+
 def running_jobs(client: httpx.Client) -> int:
     return sum(engine["running"] for engine in client.get("/ready").json()["engines"].values())
+
+
+def test_sigterm_lets_a_running_transcription_finish_within_the_grace_period(
+        models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
+    # The stop's ordinary case: what runs when SIGTERM comes is answered in full, then the gateway exits.
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "120"})
+    outcome: dict[str, httpx.Response] = {}
+
+    def transcribe() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=180) as client, open(long_wav, "rb") as audio:
+            outcome["response"] = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL})
+
+    worker = threading.Thread(target=transcribe)
+    try:
+        worker.start()
+        with gateway.client() as client:
+            assert wait_until(lambda: running_jobs(client) >= 1, timeout=60)
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.wait(timeout=150)
+        worker.join(timeout=30)
+    finally:
+        stop_gateway(gateway)
+    response = outcome["response"]
+    assert response.status_code == 200, response.text
+    text = response.json()["text"].lower()
+    assert "baker" in text and text.rstrip(".").endswith("goes to bed early")  # the whole of it, to its end
 
 
 def test_sigterm_ends_a_running_transcription_with_the_envelope_and_leaves_no_child(

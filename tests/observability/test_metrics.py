@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aistack.app import create_app
 from aistack.observability.metrics import OTHER_MODEL, GatewayMetrics
 from aistack.settings import Settings
+from conftest import wait_until
 
 MODEL = "whisper-tiny.en"
 
@@ -94,3 +96,64 @@ def test_requests_queues_models_and_audio_are_counted(make_inprocess_gateway, en
     assert value(found, "aistack_model_resident_bytes", model=MODEL) is None  # gone after the unload
     assert value(found, "aistack_upstream_up", upstream="ollama") == 0  # no Ollama daemon here
     assert value(found, "aistack_upstream_probe_seconds", upstream="ollama") is not None
+
+
+@pytest.mark.slow
+def test_realtime_sessions_open_are_counted(make_inprocess_gateway) -> None:
+    # Before: the gauge was declared and never moved (0 with a session open).
+    import websockets
+
+    gateway = make_inprocess_gateway()
+    ws_url = gateway.url.replace("http://", "ws://") + "/v1/realtime"
+
+    def open_sessions(client: httpx.Client) -> float | None:
+        return value(samples(client.get("/metrics").text), "aistack_realtime_sessions")
+
+    async def scenario(client: httpx.Client) -> None:
+        async with websockets.connect(ws_url) as first, websockets.connect(ws_url) as second:
+            for socket_ in (first, second):
+                assert json.loads(await socket_.recv())["type"] == "session.created"
+            assert await asyncio.to_thread(open_sessions, client) == 2
+
+    with gateway.client() as client:
+        assert open_sessions(client) == 0
+        asyncio.run(scenario(client))
+        assert wait_until(lambda: open_sessions(client) == 0, timeout=30)
+
+
+def test_route_and_model_labels_stay_bounded_whatever_the_paths_and_ids(tmp_path: Path) -> None:
+    # A raw path or a made-up id as a label would make a new series per request.
+    import random
+    import string
+
+    app = create_app(Settings(cache_dir=tmp_path))
+    made_up = ["".join(random.Random(n).choices(string.ascii_lowercase, k=12)) for n in range(60)]
+
+    async def scenario() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11500") as client:
+            for word in made_up:
+                await client.get(f"/v1/{word}")
+                await client.get(f"/{word}/x")
+                await client.get(f"/v1/models/{word}")
+                await client.post(f"/admin/models/{word}/unload")
+                await client.post("/v1/chat/completions", json={"model": word, "messages": [{"role": "user", "content": "hi"}]})
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(scenario())
+    assert not [word for word in made_up if word in text]
+    routes = {sample.labels["route"] for family in text_string_to_metric_families(text) for sample in family.samples
+              if "route" in sample.labels}
+    assert routes == {"unmatched", "/v1/models/{model_id:path}", "/admin/models/{model_id:path}/unload",
+                      "/v1/chat/completions"}, routes
+    series = sum(len(family.samples) for family in text_string_to_metric_families(text))
+    assert series < 400, series
+
+
+def test_every_metric_served_is_documented(tmp_path: Path) -> None:
+    documented = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    families = list(text_string_to_metric_families(scrape(create_app(Settings(cache_dir=tmp_path))).text))
+    assert len(families) >= 17
+    for family in families:
+        shown = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{shown}`" in documented, f"{shown} is served but not in docs/metrics.md"

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import AistackError, ErrorKind
+from ..observability.logging import printable
 from ..observability.metrics import UNMATCHED_ROUTE, GatewayMetrics
 from ..security import KEY_SUBPROTOCOL_PREFIX, AccessPolicy, AccessScope, key_from_authorization
 from .errors import BodyTooSlow, PayloadTooLarge, envelope_response, too_large_message, unexpected_error_response
@@ -311,14 +311,6 @@ def granted_scope(scope: Scope) -> AccessScope:
     """The scope the request's key was granted (ADMIN when the gateway has no keys)."""
     granted = scope.get("state", {}).get(SCOPE_KEY)
     return granted if isinstance(granted, AccessScope) else AccessScope.NONE
-
-
-# Control characters (and Unicode line breaks) in anything logged: escaped, so a request cannot forge a log line.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def printable(text: str) -> str:
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
 
 
 STOPPING_RETRY_AFTER_S = 5

@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ..security import environment_without_secrets
 from ..settings import EmbeddedLlmSettings
 
 log = logging.getLogger("aistack.engines.llama_server")
@@ -77,7 +78,6 @@ STOP_GRACE_S = 10.0
 HEALTH_POLL_S = 0.1
 HEALTH_REQUEST_TIMEOUT_S = 2.0
 # Environment variables the child does not inherit: aistack's settings (its keys among them) and hub tokens.
-SECRET_ENV_PREFIXES = ("AISTACK_", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 LOG_TAIL_BYTES = 4096
 LOG_TAIL_LINES = 25
 
@@ -177,8 +177,7 @@ def child_environment(api_key: str) -> dict[str, str]:
     them), plus the key the child requires of every caller."""
     from .llama_child import KEY_ENV
 
-    inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith(SECRET_ENV_PREFIXES)}
-    return {**inherited, "PYTHONUNBUFFERED": "1", KEY_ENV: api_key}
+    return {**environment_without_secrets(), "PYTHONUNBUFFERED": "1", KEY_ENV: api_key}
 
 
 def describe_exit(returncode: int | None) -> str | None:

@@ -175,6 +175,8 @@ class SupervisedServer(Protocol):
 
     def problem(self) -> str | None: ...
 
+    def retry_after_s(self) -> float | None: ...
+
     async def start(self) -> None: ...
 
     async def wait_ready(self, timeout: float) -> bool: ...
@@ -223,6 +225,10 @@ class OnDemandServerBackend(OpenAICompatibleBackend):
         card = ModelCard(id=self._server.model_id, provider=self.provider, capabilities=("llm",), family=self.provider,
                          supports_streaming=True, created=self._created())
         return BackendStatus(self.provider, "llm", cards=(card,))
+
+    def retry_after_s(self) -> float | None:
+        # Killed or crashed while in use, its supervisor restarts it: a moment's 503 says when to come back.
+        return self._server.retry_after_s()
 
     def _created(self) -> int:
         try:

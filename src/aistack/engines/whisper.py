@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..languages import ISO_FOR_WHISPER_CODE, WHISPER_CODE_FOR_ISO
+from ..security import environment_without_secrets
 from ..settings import WhisperSettings
 from ..weights.catalog import (
     WHISPER_BY_ID,
@@ -570,7 +571,7 @@ def _cuda_device_count(*, in_subprocess: bool) -> int:
         return int(ctranslate2.get_cuda_device_count())
     done = subprocess.run(
         [sys.executable, "-c", "import ctranslate2; print(ctranslate2.get_cuda_device_count())"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True, timeout=120, check=False, env=environment_without_secrets(),
     )
     try:
         return int(done.stdout.strip())

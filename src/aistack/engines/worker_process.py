@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..security import environment_without_secrets
 from .base import ModelCard, Segment, TranscribeOptions, TranscriptionInfo
 
 log = logging.getLogger("aistack.engines.worker_process")
@@ -121,6 +122,7 @@ class HostedTranscriber:
             process = subprocess.Popen(
                 [sys.executable, "-c", f"from {__name__} import child_main; child_main({theirs.fileno()})"],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+                env=environment_without_secrets(),  # engine code needs none of aistack's keys
             )
         except BaseException:
             ours.close()

@@ -40,8 +40,6 @@ class GatewayMetrics:
                                          "Time from a request's arrival to the end of its answer.",
                                          ["route", "model"], buckets=REQUEST_BUCKETS, registry=r)
         self.in_flight = Gauge("aistack_http_requests_in_flight", "HTTP requests being answered now.", registry=r)
-        # For the WebSocket door (/v1/realtime): inc() as a session opens, dec() as it closes.
-        self.realtime_sessions = Gauge("aistack_realtime_sessions", "Realtime (WebSocket) sessions open now.", registry=r)
         self.slot_wait = Histogram("aistack_slot_wait_seconds", "Time a job waited in its device's queue for a slot.",
                                    ["device"], buckets=WAIT_BUCKETS, registry=r)
         self.model_loads = Counter("aistack_model_loads", "Model loads finished, by model and outcome (loaded, failed).",
@@ -105,7 +103,7 @@ class GatewayMetrics:
 
 class RuntimeCollector(Collector):
     """Gauges read at scrape time: each device's queue and slots, each resident model's bytes, each
-    upstream's reachability and probe latency."""
+    upstream's reachability and probe latency, the realtime sessions open."""
 
     def __init__(self, runtime: Runtime, model_label: Callable[[str], str]) -> None:
         self._runtime = runtime
@@ -129,6 +127,7 @@ class RuntimeCollector(Collector):
                                labels=["upstream"])
         probe = GaugeMetricFamily("aistack_upstream_probe_seconds", "How long the latest probe of each upstream took.",
                                   labels=["upstream"])
+        realtime = GaugeMetricFamily("aistack_realtime_sessions", "Realtime (WebSocket) sessions open now.")
         if live:
             runtime = self._runtime
             for device, queue in runtime.scheduler.describe().items():
@@ -151,7 +150,9 @@ class RuntimeCollector(Collector):
             for provider, seconds in runtime.inventory.probe_seconds.items():
                 if provider not in in_process:
                     probe.add_metric([provider], seconds)
-        yield from (queue_depth, busy, slots, resident, up, probe)
+            # Whichever door opened them (the WebSocket one), the service holds each open session.
+            realtime.add_metric([], float(len(runtime.realtime.sessions)))
+        yield from (queue_depth, busy, slots, resident, up, probe, realtime)
 
 
 def _number(value: object) -> float:
