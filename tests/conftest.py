@@ -292,6 +292,18 @@ def assert_envelope(response, status: int, kind: str, param: str | None, *needle
     return error
 
 
+def pcm16_24k(path: Path) -> bytes:
+    """A speech file as the Realtime API's audio/pcm: 16-bit little-endian mono at 24 kHz."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=24_000)
+        frames = [out for frame in container.decode(audio=0) for out in resampler.resample(frame)]
+        frames += resampler.resample(None)
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype("<i2").tobytes()
+
+
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation, for word-for-word comparison."""
     cleaned = "".join(ch.lower() if ch.isalnum() or ch.isspace() or ch == "'" else " " for ch in text)

@@ -38,6 +38,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # Per app: keys and browser rules (any door, the WebSocket one too, asks it), and the stop's drain.
     access = AccessPolicy.from_settings(settings)
     drain = ShutdownDrain(settings.server.shutdown_grace_s)
+    drain.long_lived.append(held.realtime.wind_down)
     gathered = GatewayMetrics(held.inventory.listed_ids)
     gathered.watch(held)
     traced = GatewayTracing.from_settings(settings.tracing)  # None unless an OTLP endpoint is configured

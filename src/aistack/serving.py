@@ -107,7 +107,8 @@ def header_timed_protocol(header_timeout_s: float, body_timeout_s: float | None 
 
 class GatewayServer(uvicorn.Server):
     """Starts the drain as the stop begins (SIGTERM, Ctrl-C or `should_exit`): listeners close at once,
-    running requests get the grace period."""
+    running requests get the grace period, and so do the WebSocket sessions, which end themselves
+    (uvicorn's own shutdown would drop them at once, without a word to their clients)."""
 
     def __init__(self, config: uvicorn.Config, drain: ShutdownDrain | None) -> None:
         super().__init__(config)
@@ -115,7 +116,12 @@ class GatewayServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.drain is not None:
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
             self.drain.begin()
+            await self.drain.wind_down_long_lived()
         await super().shutdown(sockets)
 
 

@@ -3,6 +3,9 @@ trickle, and a stop (SIGTERM) in the middle of work."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import json
 import select
 import signal
@@ -15,8 +18,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import websockets
 
-from conftest import Gateway, start_gateway, stop_gateway, wait_until
+from conftest import ENGLISH_SENTENCE, Gateway, pcm16_24k, start_gateway, stop_gateway, wait_until, words
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +195,45 @@ def test_sigterm_ends_an_open_event_stream_with_one_error_event(models_cache: Pa
     if last["type"] == "error":
         assert last["error"]["kind"] == "busy" and "stopping" in last["error"]["message"]
         assert sum('"type": "error"' in e or '"type":"error"' in e for e in events) == 1
+
+
+@pytest.mark.parametrize("grace_s", [60, 0])
+def test_sigterm_ends_a_realtime_session_with_one_error_event_and_close_1012(
+        models_cache: Path, tmp_path: Path, english_wav: Path, grace_s: int) -> None:
+    # Before: uvicorn dropped the socket at once (1012, nothing said); the audio sent was never transcribed.
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": str(grace_s)})
+    speech = pcm16_24k(english_wav)
+    manual = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "transcription": {"model": MODEL}, "turn_detection": None}}}}
+
+    async def session() -> tuple[list[dict], int | None]:
+        async with websockets.connect(gateway.url.replace("http://", "ws://", 1) + "/v1/realtime") as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            await ws.send(json.dumps(manual))
+            assert json.loads(await ws.recv())["type"] == "session.updated"
+            for i in range(0, len(speech), 9600):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(speech[i:i + 9600]).decode()}))
+            await ws.send(json.dumps(manual))  # answered once every append before it is in the buffer
+            assert json.loads(await ws.recv())["type"] == "session.updated"
+            gateway.process.send_signal(signal.SIGTERM)  # the speech is in the buffer, never committed
+            events = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for frame in ws:
+                    events.append(json.loads(frame))
+            return events, ws.close_code
+
+    try:
+        events, close_code = asyncio.run(session())
+        gateway.process.wait(timeout=60)
+    finally:
+        stop_gateway(gateway)
+    kinds = [event["type"] for event in events]
+    if grace_s:  # what was sent is transcribed within the grace period, then the session ends
+        assert kinds == ["input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed", "error"]
+        assert words(events[1]["transcript"]) == words(ENGLISH_SENTENCE)
+    else:
+        assert kinds == ["input_audio_buffer.committed", "error"]
+    assert events[-1]["error"]["code"] == "busy" and "stopping" in events[-1]["error"]["message"]
+    assert close_code == 1012
+    assert "close='server stopping'" in gateway.log(), gateway.log()

@@ -8,25 +8,15 @@ import base64
 import json
 from pathlib import Path
 
-import av
-import numpy as np
 import pytest
 
 from aistack.protocol import realtime as wire
 from aistack.runtime import build_runtime
 from aistack.services.realtime import SessionEnd
 from aistack.settings import Settings, WhisperSettings
-from conftest import ENGLISH_SENTENCE, run_on_runtime, words
+from conftest import ENGLISH_SENTENCE, pcm16_24k, run_on_runtime, words
 
 pytestmark = pytest.mark.slow
-
-
-def pcm16_24k(path: Path) -> bytes:
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=24_000)
-        frames = [out for frame in container.decode(audio=0) for out in resampler.resample(frame)]
-        frames += resampler.resample(None)
-    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype("<i2").tobytes()
 
 
 def event(payload: dict[str, object]) -> wire.SessionUpdate | wire.TranscriptionSessionUpdate | wire.InputAudioBufferAppend \

@@ -322,6 +322,9 @@ class ShutdownDrain:
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.stopping = False
+        # Doors whose connections outlive a request (the Realtime WebSocket): each is given the grace
+        # period to end its own, before the server drops what is left.
+        self.long_lived: list[Callable[[float], Awaitable[None]]] = []
         # Futures of whichever loop serves (not an asyncio.Event, which binds to the first loop it meets).
         self._waiters: set[asyncio.Future[None]] = set()
 
@@ -331,6 +334,9 @@ class ShutdownDrain:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def wind_down_long_lived(self) -> None:
+        await asyncio.gather(*(wind_down(self.grace_s) for wind_down in self.long_lived))
 
     async def grace_over(self) -> None:
         if not self.stopping:

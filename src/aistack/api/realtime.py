@@ -27,6 +27,7 @@ BETA_HEADER_VALUE = "realtime=v1"
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
+SERVICE_RESTART = 1012
 
 
 @router.websocket("/v1/realtime")
@@ -53,6 +54,8 @@ async def realtime(websocket: WebSocket, service: RealtimeDep) -> None:
                 reason = event.reason
                 if event.by_limit:
                     await websocket.close(POLICY_VIOLATION, event.reason[:120])
+                elif event.stopping:
+                    await websocket.close(SERVICE_RESTART, event.reason[:120])
                 break
             await websocket.send_text(wire.encode(event))
     except (WebSocketDisconnect, RuntimeError, OSError):

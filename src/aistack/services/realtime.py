@@ -8,7 +8,8 @@ turn's end one last decode, which may wait a while for a slot, gives the whole t
 VAD that decode starts early, once the trailing silence has lasted a while, so it is ready about when
 the silence ends the turn (and is dropped if speech resumes). Each decode holds its slot only for its
 own duration. `close` stops whatever is still running and gives back
-every slot it holds.
+every slot it holds. When the gateway stops, `RealtimeService.wind_down` lets each session transcribe
+what it was given (within the grace period), then say so in an error event and end.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ MIN_COMMIT_MS = 100
 # The share of the silence duration after which the final decode starts early (it is ready about
 # the rest of the silence duration sooner than a decode started when the turn ends).
 EARLY_FINAL_AFTER = 0.4
+STOPPING_MESSAGE = "the gateway is stopping; open a new session once it is back"
+# After the last session is told to end, how long its door may take to send that and close.
+DOOR_CLOSE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class SessionEnd:
 
     reason: str
     by_limit: bool = False
+    stopping: bool = False  # the gateway is stopping (the door says: come back later)
 
 
 @dataclass
@@ -110,11 +115,12 @@ class RealtimeService:
         self._settings = settings
         self.max_event_bytes = settings.max_event_bytes
         self.sessions: set[RealtimeSession] = set()  # open ones, until their close
+        self._all_closed: asyncio.Future[None] | None = None
 
     async def open(self, dialect: Dialect) -> RealtimeSession:
         """A new session, its created event already queued."""
         await asyncio.to_thread(vad.load_model)
-        session = RealtimeSession(self._transcription, self._settings, dialect, on_close=self.sessions.discard)
+        session = RealtimeSession(self._transcription, self._settings, dialect, on_close=self._closed)
         self.sessions.add(session)
         try:
             await session.start()
@@ -122,6 +128,23 @@ class RealtimeService:
             await session.close()
             raise
         return session
+
+    async def wind_down(self, grace_s: float) -> None:
+        """The gateway is stopping: each open session transcribes what it was given within `grace_s`,
+        then ends with an error event saying so; this returns once their doors have closed them."""
+        sessions = list(self.sessions)
+        if not sessions:
+            return
+        self._all_closed = asyncio.get_running_loop().create_future()
+        await asyncio.gather(*(session.wind_down(grace_s) for session in sessions))
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._all_closed), DOOR_CLOSE_S)
+
+    def _closed(self, session: RealtimeSession) -> None:
+        self.sessions.discard(session)
+        if not self.sessions and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
 
 
 class RealtimeSession:
@@ -145,6 +168,9 @@ class RealtimeSession:
         self._previous_item: str | None = None
         self._finals: asyncio.Queue[tuple[Turn, np.ndarray]] = asyncio.Queue()
         self._finals_waiting = 0
+        self._finals_pending = 0  # committed turns whose completed (or failed) is not yet sent
+        self._finals_idle: asyncio.Future[None] | None = None
+        self._winding_down = False
         self._delta_task: asyncio.Task[None] | None = None
         self._early_tasks: set[asyncio.Task[Transcript]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -172,16 +198,39 @@ class RealtimeSession:
             if isinstance(event, SessionEnd):
                 return
 
-    def end(self, reason: str, by_limit: bool = False) -> None:
+    def end(self, reason: str, by_limit: bool = False, stopping: bool = False) -> None:
         if not self._ended:
             self._ended = True
-            self._outbox.put_nowait(SessionEnd(reason, by_limit))
+            self._outbox.put_nowait(SessionEnd(reason, by_limit, stopping))
+
+    async def wind_down(self, grace_s: float) -> None:
+        """The gateway is stopping. The turn being spoken is committed (its audio was sent to be
+        transcribed), later input is dropped, committed turns get `grace_s` to be transcribed, and
+        then an error event says the gateway is stopping and the session ends."""
+        if self._ended or self._winding_down:
+            return
+        self._winding_down = True
+        turn = self._turn
+        if turn is not None and turn.samples * 1000 >= MIN_COMMIT_MS * SAMPLE_RATE:
+            if self._detector is not None:
+                self._emit(wire.SpeechStopped(audio_end_ms=_ms(self._received), item_id=turn.item_id))
+            self._commit_turn()
+        else:
+            self._drop_turn()
+        if self._finals_pending:
+            self._finals_idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._finals_idle), grace_s)
+        self._emit(wire.error_event(AistackError(ErrorKind.BUSY, STOPPING_MESSAGE)))
+        self.end("server stopping", stopping=True)
 
     def reject(self, error: wire.BadEvent) -> None:
         self._emit(wire.error_event(error, error.client_event_id))
 
     async def receive(self, event: wire.SessionUpdate | wire.TranscriptionSessionUpdate | wire.InputAudioBufferAppend
                       | wire.InputAudioBufferCommit | wire.InputAudioBufferClear) -> None:
+        if self._winding_down:
+            return  # the session is ending: what arrives now would not be transcribed
         try:
             if isinstance(event, wire.InputAudioBufferAppend):
                 self._append(event.audio)
@@ -408,6 +457,7 @@ class RealtimeSession:
         self._previous_item = turn.item_id
         self.stats.turns += 1
         self._finals_waiting += 1
+        self._finals_pending += 1
         self._finals.put_nowait((turn, turn.audio()))
 
     def _clear(self) -> None:
@@ -516,6 +566,9 @@ class RealtimeSession:
                 self._emit(wire.TranscriptionFailed(item_id=turn.item_id, error=wire.failure_detail(failure)))
             finally:
                 granted()
+                self._finals_pending -= 1
+                if not self._finals_pending and self._finals_idle is not None and not self._finals_idle.done():
+                    self._finals_idle.set_result(None)
 
     async def _final(self, turn: Turn, audio: np.ndarray, granted: Callable[[], None]) -> wire.ServerEvent:
         card = self._config.card
