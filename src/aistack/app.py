@@ -22,6 +22,7 @@ from .api.middleware import (
     ShutdownDrain,
     UnexpectedErrorMiddleware,
 )
+from .api.openapi import install_openapi
 from .observability.metrics import GatewayMetrics
 from .protocol.errors import ERROR_RESPONSES
 from .runtime import Runtime, build_runtime
@@ -58,6 +59,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.drain = drain
     app.state.metrics = gathered
     install_error_handlers(app)
+    install_openapi(app)
     for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router, realtime.router,
                    metrics.router):
         app.include_router(router, responses=ERROR_RESPONSES)
