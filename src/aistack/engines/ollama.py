@@ -45,9 +45,6 @@ class OllamaBackend:
     # and `tool`: a `developer` message would be left out of the prompt without a word.
     accepts_developer_role = False
 
-    def unservable(self, endpoint: str, payload: dict[str, Any]) -> AistackError | None:
-        return None
-
     def __init__(self, settings: OllamaSettings, probe_timeout_s: float, load_timeout_s: float = 600.0) -> None:
         self._load_timeout_s = load_timeout_s
         self._settings = settings
@@ -74,6 +71,9 @@ class OllamaBackend:
     def canonical_ids(self, model: str) -> tuple[str, ...]:
         # An untagged name means `:latest`, as `ollama run NAME` does.
         return () if ":" in model.rpartition("/")[2] else (f"{model}:latest",)
+
+    def unservable(self, endpoint: str, payload: dict[str, Any]) -> AistackError | None:
+        return None
 
     def probe(self) -> BackendStatus:
         if not self._settings.enabled:
