@@ -23,6 +23,7 @@ from .api.middleware import (
     ShutdownDrain,
     UnexpectedErrorMiddleware,
 )
+from .api.openapi import install_openapi
 from .api.tracing import TracingMiddleware
 from .observability.metrics import GatewayMetrics
 from .observability.tracing import GatewayTracing
@@ -66,6 +67,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.metrics = gathered
     app.state.tracing = traced
     install_error_handlers(app)
+    install_openapi(app)
     for router in (health.router, models.router, audio.router, speech.router, llm.router, admin.router, realtime.router,
                    metrics.router):
         app.include_router(router, responses=ERROR_RESPONSES)

@@ -25,6 +25,7 @@ from .engines.llama_server import (
     EmbeddedLlamaServer,
     describe_exit,
     packaged_gguf,
+    unservable_request,
 )
 from .engines.llama_server import PROVIDER as LLAMA_PROVIDER
 from .engines.minilm import MiniLmBackend
@@ -206,7 +207,8 @@ def on_demand_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> O
                    f"{PACKAGED_DEFAULT_SETTING}=false" if server.packaged else f"fix {GGUF_SETTING}")
     return OnDemandServerBackend(server.provider, server, weights=server.gguf, start_timeout_s=server.settings.start_timeout_s,
                                  probe_timeout_s=probe_timeout_s, start_fix=fix, problem_fix=problem_fix,
-                                 not_running=lambda: _not_running(server), api_key=server.api_key)
+                                 not_running=lambda: _not_running(server), api_key=server.api_key,
+                                 unservable=unservable_request)
 
 
 def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> SupervisedServerBackend:
@@ -230,4 +232,5 @@ def embedded_upstream(server: EmbeddedLlamaServer, probe_timeout_s: float) -> Su
                f"holds it for as long as the gateway runs; to free it, stop the gateway, or unset {GGUF_SETTING} "
                "and start it again")
     return SupervisedServerBackend(server.provider, lambda: server.base_url, probe_timeout_s, fix, not_running,
-                                   residency, refusal, api_key=server.api_key, retry_after=server.retry_after_s)
+                                   residency, refusal, api_key=server.api_key, retry_after=server.retry_after_s,
+                                   unservable=unservable_request)

@@ -153,3 +153,10 @@ def test_after_bad_input_the_server_serves_and_left_no_temp_files(
     # Anonymous temp files are unlinked at once, so look at what the process still holds open.
     held = [os.readlink(f"/proc/{gateway.process.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{gateway.process.pid}/fd")]
     assert [target for target in held if str(gateway.tmpdir) in target or "(deleted)" in target] == []
+
+
+@pytest.mark.parametrize("value", [0, 1, "true"])
+def test_speech_whole_file_is_a_boolean_not_a_guess(gateway: Gateway, value) -> None:
+    with gateway.client() as client:
+        response = client.post("/v1/audio/speech", json={"input": "Hello.", "whole_file": value})
+    assert_envelope(response, 400, "malformed", "whole_file", "whole_file: Input should be a valid boolean")

@@ -112,3 +112,18 @@ def test_a_configured_gguf_replaces_the_packaged_default(make_inprocess_gateway)
         ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert state["packaged"] is False and state["on_demand"] is False and state["model"] == "mine"
     assert MODEL not in ids
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": "", "stream": True}, "the prompt is empty"),
+    ({"prompt": ["one", "two"]}, "holds 2 prompts"),
+    ({}, "'prompt' is required"),
+], ids=["empty", "empty-streamed", "two-prompts", "no-prompt"])
+def test_a_completion_llama_cpp_would_fail_on_is_refused_400_before_it(gateway: Gateway, body: dict, needle: str) -> None:
+    # llama-cpp-python's server answers each of these with an empty 500 (a stream: one that just ends).
+    with gateway.client() as client:
+        response = client.post("/v1/completions", json={"model": MODEL, "max_tokens": 2, **body})
+        assert_envelope(response, 400, "malformed", "prompt", needle, provider="llama-cpp")
+        answer = client.post("/v1/completions", json={"model": MODEL, "max_tokens": 2, "prompt": "Red, green and"})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] == "length", answer.text

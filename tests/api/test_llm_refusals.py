@@ -145,6 +145,21 @@ def test_llama_cpps_validation_500_is_a_400_in_its_own_words_without_server_path
         assert_still_serving(client)
 
 
+def test_a_validation_500_longer_than_the_relay_reads_is_still_a_400(make_inprocess_gateway, proxy: RecordingProxy) -> None:
+    # Per message, llama.cpp names a problem with each member of its message union: far past 64 KiB in all
+    # (more than one read of the socket, whose size the cut would otherwise depend on).
+    messages = [{"role": f"coral{index}", "content": "x"} for index in range(400)]
+    gateway = llama_only(make_inprocess_gateway, proxy)
+    with gateway.client() as client:
+        mark = proxy.mark()
+        response = client.post("/v1/chat/completions", json={"model": "smollm2", "messages": messages, "max_tokens": 2})
+        assert_envelope(response, 400, "malformed", "messages", "messages[0].role: Input should be 'system'",
+                        '(got "coral0")', provider="llama")
+        upstream = the_exchange(proxy, mark, "/v1/chat/completions")
+        assert upstream.status == 500 and len(upstream.body) > 4 * 64 * 1024
+        assert_still_serving(client)
+
+
 def test_a_real_upstream_fault_stays_a_5xx(make_inprocess_gateway, ollama: OllamaDouble) -> None:
     gateway = make_inprocess_gateway(llm=LlmSettings(ollama=OllamaSettings(base_url=ollama.url)))
     ollama.queue_fault("error_500")

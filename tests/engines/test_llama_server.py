@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from aistack.engines import llama_server as llama_server_module
-from aistack.engines.llama_server import EmbeddedLlamaServer
+from aistack.engines.llama_server import EmbeddedLlamaServer, unservable_request
 from aistack.settings import EmbeddedLlmSettings
 from llm_fixtures import llama_server, smollm2_gguf  # noqa: F401 (llama_server is a fixture)
 
@@ -288,6 +288,28 @@ def test_a_start_that_is_not_healthy_in_time_is_killed_and_retried(tmp_path: Pat
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+@pytest.mark.parametrize(("payload", "needle"), [
+    ({"model": "m"}, "'prompt' is required"),
+    ({"prompt": ""}, "empty"),
+    ({"prompt": []}, "empty"),
+    ({"prompt": [""]}, "empty"),
+    ({"prompt": [[]]}, "empty"),
+    ({"prompt": ["one", "two"]}, "holds 2 prompts"),
+    ({"prompt": [[1, 2], [3]]}, "holds 2 prompts"),
+])
+def test_completions_llama_cpp_fails_on_are_refused_before_it_is_sent_them(payload: dict, needle: str) -> None:
+    refusal = unservable_request("completions", payload)
+    assert refusal is not None and refusal.status_code == 400 and refusal.param == "prompt", refusal
+    assert needle in refusal.message and refusal.provider == "llama-cpp"
+
+
+@pytest.mark.parametrize("payload", [{"prompt": "hi"}, {"prompt": ["hi"]}, {"prompt": [1, 2, 3]}, {"prompt": [[1, 2]]},
+                                     {"prompt": None}, {"prompt": 5}])
+def test_one_prompt_or_one_llama_cpp_refuses_itself_is_sent(payload: dict) -> None:
+    assert unservable_request("completions", payload) is None
+    assert unservable_request("chat/completions", {}) is None
+
+
 @pytest.mark.slow
 def test_the_shared_fixture_serves_smollm2(llama_server) -> None:  # noqa: F811
     assert llama_server.base_url.endswith("/v1") and llama_server.model_id == "smollm2"
@@ -302,7 +324,7 @@ CHILD_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, sys
     from pathlib import Path
-    from aistack.engines.llama_server import EmbeddedLlamaServer
+    from aistack.engines.llama_server import EmbeddedLlamaServer, unservable_request
     from aistack.settings import EmbeddedLlmSettings
 
     async def main():

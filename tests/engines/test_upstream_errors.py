@@ -11,7 +11,14 @@ import json
 
 import pytest
 
-from aistack.engines.upstream_errors import MAX_MESSAGE_CHARS, UpstreamRefusal, parse_refusal, scrub, upstream_message
+from aistack.engines.upstream_errors import (
+    MAX_ERROR_BODY,
+    MAX_MESSAGE_CHARS,
+    UpstreamRefusal,
+    parse_refusal,
+    scrub,
+    upstream_message,
+)
 
 
 def llama_cpp_error(message: str, kind: str, param: str | None, code: str | None) -> bytes:
@@ -88,6 +95,22 @@ OVER_THE_CONTEXT = llama_cpp_error(
 )
 def test_llama_cpps_validation_500s_are_read_field_by_field(body: bytes, expected: UpstreamRefusal) -> None:
     assert parse_refusal(body, 500) == expected
+
+
+def test_a_validation_500_cut_at_the_read_limit_is_still_read_field_by_field() -> None:
+    """Dozens of bad messages: llama-cpp-python lists every union member's problem with each, past the
+    64 KiB of an error body the relay reads, so the JSON it is read from is cut in the middle."""
+    problems = "".join(
+        f"  {{'type': 'literal_error', 'loc': ('body', 'messages', {index}, 'ChatCompletionRequest{member}Message', "
+        f"'role'), 'msg': \"Input should be '{member.lower()}'\", 'input': 'coral\u00e9', 'ctx': {{'expected': "
+        f"\"'{member.lower()}'\"}}}}\n"
+        for index in range(200) for member in ("System", "User", "Assistant", "Tool", "Function"))
+    body = llama_cpp_error(f"1000 validation errors:\n{problems}", "internal_server_error", None, None)
+    assert len(body) > MAX_ERROR_BODY
+    refusal = parse_refusal(body[:MAX_ERROR_BODY], 500)
+    assert refusal.invalid_request and refusal.param == "messages"
+    assert refusal.message.startswith("messages[0].role: Input should be 'system' or Input should be 'user'"), refusal
+    assert '(got "coral\\u00e9")' in refusal.message  # as JSON writes it
 
 
 def test_llama_cpps_own_faults_are_not_validation_answers() -> None:

@@ -13,13 +13,16 @@ from .middleware import granted_scope
 router = APIRouter(tags=["health"])
 
 
-# HEAD too: load balancers and uptime checks probe with it.
-@router.api_route("/health", methods=["GET", "HEAD"], response_model=Health)
+# HEAD too: load balancers and uptime checks probe with it. One route per method, so that each
+# operation in /openapi.json has its own operationId.
+@router.get("/health", response_model=Health)
+@router.head("/health", response_model=Health)
 async def health() -> Health:
     return Health(version=__version__)
 
 
-@router.api_route("/ready", methods=["GET", "HEAD"], response_model=Ready)
+@router.get("/ready", response_model=Ready)
+@router.head("/ready", response_model=Ready)
 async def ready(models: ModelsDep, request: Request) -> Ready:
     readiness = await models.readiness()
     # Paths, PIDs and ports only to admins (everyone, when the gateway has no keys: it is then loopback-only).

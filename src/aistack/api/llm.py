@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ..protocol.llm import RELAYED_RESPONSES
+from ..protocol.llm import CHAT_REQUEST, COMPLETION_REQUEST, EMBEDDINGS_REQUEST, RELAYED_RESPONSES
 from ..services.llm import LlmProxy
 from .deps import LlmDep, cancellable_body, until_disconnected
 from .middleware import MODEL_HEADER, at_request_end
@@ -25,16 +25,16 @@ async def _relay(endpoint: str, request: Request, llm: LlmProxy) -> StreamingRes
     return StreamingResponse(cancellable_body(request, answer.body), status_code=answer.status_code, headers=headers)
 
 
-@router.post("/v1/chat/completions", response_class=StreamingResponse)
+@router.post("/v1/chat/completions", response_class=StreamingResponse, openapi_extra=CHAT_REQUEST)
 async def chat_completions(request: Request, llm: LlmDep) -> StreamingResponse:
     return await _relay("chat/completions", request, llm)
 
 
-@router.post("/v1/completions", response_class=StreamingResponse)
+@router.post("/v1/completions", response_class=StreamingResponse, openapi_extra=COMPLETION_REQUEST)
 async def completions(request: Request, llm: LlmDep) -> StreamingResponse:
     return await _relay("completions", request, llm)
 
 
-@router.post("/v1/embeddings", response_class=StreamingResponse)
+@router.post("/v1/embeddings", response_class=StreamingResponse, openapi_extra=EMBEDDINGS_REQUEST)
 async def embeddings(request: Request, llm: LlmDep) -> StreamingResponse:
     return await _relay("embeddings", request, llm)

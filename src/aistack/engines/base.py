@@ -18,6 +18,8 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from ..errors import AistackError
+
 # The share of the inventory's probe timeout an HTTP backend's probe may spend, so that a slow server
 # is reported with the backend's own reason and fix rather than as a bare timeout.
 PROBE_BUDGET_SHARE = 0.8
@@ -297,6 +299,11 @@ class ChatUpstream(Protocol):
 
     def retry_after_s(self) -> float | None:
         """While it is down for a moment (a supervised server restarting): when to try again; else None."""
+        ...
+
+    def unservable(self, endpoint: str, payload: dict[str, Any]) -> AistackError | None:
+        """The refusal (400, saying what to send instead) of a request this server is known to fail on
+        (an empty 500) rather than refuse; None when nothing is known against it. The relay sends it then."""
         ...
 
 

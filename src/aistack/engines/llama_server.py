@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ..errors import AistackError, malformed
 from ..security import environment_without_secrets
 from ..settings import EmbeddedLlmSettings
 
@@ -85,6 +86,29 @@ PR_SET_PDEATHSIG = 1
 CHILD_MODULE = "aistack.engines.llama_child"
 # As uvicorn's default: connections made while a child loads (or restarts) wait here.
 SOCKET_BACKLOG = 2048
+
+
+def unservable_request(endpoint: str, payload: dict[str, Any]) -> AistackError | None:
+    """llama-cpp-python's server answers an empty 500 to a completion whose prompt is left out or
+    empty, or that holds several prompts (it completes one at a time): those are refused here instead.
+    (A prompt of the wrong type it refuses itself, in words the relay passes on.)"""
+    if endpoint != "completions":
+        return None
+    if "prompt" not in payload:
+        return malformed("the field 'prompt' is required; send the text to complete", param="prompt", provider=PROVIDER)
+    prompt = payload["prompt"]
+    # One prompt: a string, a list of token ids, or a list holding one of those.
+    prompts = prompt if isinstance(prompt, list) and not _token_ids(prompt) else [prompt]
+    if len(prompts) > 1:
+        return malformed(f"the prompt holds {len(prompts)} prompts; {PROVIDER} completes one at a time: send one request "
+                         "per prompt", param="prompt", provider=PROVIDER)
+    if not prompts or prompts[0] == "" or prompts[0] == []:
+        return malformed("the prompt is empty; send the text to complete", param="prompt", provider=PROVIDER)
+    return None
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
 
 
 def packaged_gguf() -> Path | None:

@@ -72,6 +72,9 @@ class OllamaBackend:
         # An untagged name means `:latest`, as `ollama run NAME` does.
         return () if ":" in model.rpartition("/")[2] else (f"{model}:latest",)
 
+    def unservable(self, endpoint: str, payload: dict[str, Any]) -> AistackError | None:
+        return None
+
     def probe(self) -> BackendStatus:
         if not self._settings.enabled:
             fix = f"set {ENABLE_SETTING}=true, then {START_FIX}"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -40,9 +40,13 @@ class OpenAICompatibleBackend:
         probe_timeout_s: float,
         start_fix: str,
         not_running: Callable[[], str] | None = None,
+        unservable: Callable[[str, dict[str, Any]], AistackError | None] | None = None,
     ) -> None:
+        """`unservable`: what the server is known to fail on (`ChatUpstream.unservable`), for one whose
+        server program aistack knows (the embedded llama.cpp server)."""
         self.provider = provider
         self._root_url = root_url
+        self._unservable = unservable
         self._api_key = api_key
         self._start_fix = start_fix
         self._not_running = not_running
@@ -71,6 +75,9 @@ class OpenAICompatibleBackend:
 
     def canonical_ids(self, model: str) -> tuple[str, ...]:
         return ()
+
+    def unservable(self, endpoint: str, payload: dict[str, Any]) -> AistackError | None:
+        return self._unservable(endpoint, payload) if self._unservable is not None else None
 
     def probe(self) -> BackendStatus:
         root = self.root_url()
@@ -127,8 +134,9 @@ class SupervisedServerBackend(OpenAICompatibleBackend):
         unload_refusal: str,
         api_key: str | None = None,
         retry_after: Callable[[], float | None] | None = None,
+        unservable: Callable[[str, dict[str, Any]], AistackError | None] | None = None,
     ) -> None:
-        super().__init__(provider, root_url, api_key, probe_timeout_s, start_fix, not_running)
+        super().__init__(provider, root_url, api_key, probe_timeout_s, start_fix, not_running, unservable)
         self._residency = residency
         self._unload_refusal = unload_refusal
         self._retry_after = retry_after
@@ -205,10 +213,10 @@ class OnDemandServerBackend(OpenAICompatibleBackend):
 
     def __init__(self, provider: str, server: SupervisedServer, *, weights: Path | None, start_timeout_s: float,
                  probe_timeout_s: float, start_fix: str, problem_fix: str, not_running: Callable[[], str],
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, unservable: Callable[[str, dict[str, Any]], AistackError | None] | None = None) -> None:
         """`problem_fix`: what to do when the server cannot start at all (its weights or library missing);
         `api_key`: the key the server was started with."""
-        super().__init__(provider, lambda: server.base_url, api_key, probe_timeout_s, start_fix, not_running)
+        super().__init__(provider, lambda: server.base_url, api_key, probe_timeout_s, start_fix, not_running, unservable)
         self._server = server
         self._weights = weights
         self._start_timeout_s = start_timeout_s

@@ -75,7 +75,7 @@ def parse_refusal(body: bytes, status: int) -> UpstreamRefusal:
         if problems:
             return _validation_refusal(problems)
     message, param = upstream_message(body, status)
-    text = _raw_message(payload)
+    text = _raw_message(payload) if payload is not None else _message_of_cut_body(body)
     if text is not None:
         problems = _validation_problems(text)
         if problems:
@@ -282,6 +282,28 @@ def _json(body: bytes) -> Any:
         return json.loads(text) if text else None
     except (ValueError, RecursionError):
         return None
+
+
+# The start of an OpenAI-style error body, up to the opening quote of its message.
+_MESSAGE_START = re.compile(rb'^\s*\{\s*"error"\s*:\s*\{\s*"message"\s*:\s*(?=")')
+# The longest escape (`\u00e9`) a cut can split.
+_LONGEST_ESCAPE = 6
+
+
+def _message_of_cut_body(body: bytes) -> str | None:
+    """What was read of the message of an error body cut at MAX_ERROR_BODY (llama-cpp-python's
+    validation answer lists every problem with every member of the message union: hundreds of lines)."""
+    start = _MESSAGE_START.match(body)
+    if start is None:
+        return None
+    rest = body[start.end():].decode("utf-8", "ignore")
+    for trim in range(_LONGEST_ESCAPE + 1):
+        try:
+            text, _ = json.JSONDecoder().raw_decode(rest[:len(rest) - trim] + '"')
+        except ValueError:
+            continue
+        return text if isinstance(text, str) else None
+    return None
 
 
 def _raw_message(payload: Any) -> str | None:

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from ..audio.encode import SPEECH_MEDIA_TYPES
 from .errors import ErrorEvent
+from .streams import named_events_schema
 
 
 class VoiceReference(BaseModel):
@@ -24,7 +25,8 @@ class SpeechRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(None, description="A TTS model id, or tts-1 / tts-1-hd / gpt-4o-mini-tts for the default.")
-    input: str = Field(description="The text to speak.")
+    # Documented, not validated here: the speech service refuses empty input with its own words.
+    input: str = Field(description="The text to speak.", json_schema_extra={"minLength": 1})
     voice: str | VoiceReference | None = Field(
         None, description='An engine voice, an alias, or an OpenAI voice name (alloy, echo, ...); as a string or as {"id": ...}.'
     )
@@ -34,8 +36,10 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] | None = Field(
         None, description="audio (also when absent): encoded audio as it is made, chunked; sse: base64 deltas."
     )
+    # Strict, as documented: `0` or `"false"` is a mistake to point out, not a boolean to guess.
     whole_file: bool = Field(
-        False, description="aistack extension: true answers one whole file with a Content-Length once synthesis has ended."
+        False, strict=True,
+        description="aistack extension: true answers one whole file with a Content-Length once synthesis has ended.",
     )
 
     @property
@@ -110,7 +114,7 @@ SPEECH_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {
             **{media_type: {"schema": {"type": "string", "format": "binary"}}
                for media_type in dict.fromkeys(SPEECH_MEDIA_TYPES.values())},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": named_events_schema(SPEECH_STREAM_EVENTS)},
         },
     },
 }

@@ -13,6 +13,7 @@ from ..audio.formats import logprob_json
 from ..engines.base import TokenLogprob, VadChunking
 from ..errors import malformed
 from .errors import ErrorEvent
+from .streams import named_events_schema
 
 # diarized_json is accepted only to be refused with the reason (no speaker diarization here).
 ResponseFormatName = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
@@ -120,7 +121,7 @@ TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
             "text/plain": {"schema": {"type": "string"}},
             "application/x-subrip": {"schema": {"type": "string"}},
             "text/vtt": {"schema": {"type": "string"}},
-            "text/event-stream": {"schema": {"type": "string", "description": "transcript.text.* events, then done"}},
+            "text/event-stream": {"schema": named_events_schema(TRANSCRIPT_STREAM_EVENTS)},
         },
     },
 }

@@ -122,6 +122,9 @@ class LlmProxy:
             rewritten = {**rewritten, "model": card.provider_model_id}
         if endpoint == "chat/completions" and not upstream.accepts_developer_role:
             rewritten = _developer_as_system(rewritten)
+        refusal = upstream.unservable(endpoint, rewritten)
+        if refusal is not None:
+            raise refusal
         if rewritten is not payload:
             body = _encode(rewritten)
         try:
