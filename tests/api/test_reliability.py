@@ -114,10 +114,8 @@ def running_jobs(client: httpx.Client) -> int:
     return sum(engine["running"] for engine in client.get("/ready").json()["engines"].values())
 
 
-def test_sigterm_lets_a_running_transcription_finish_within_the_grace_period(
-        models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
-    # The stop's ordinary case: what runs when SIGTERM comes is answered in full, then the gateway exits.
-    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "120"})
+def transcription_running(gateway: Gateway, long_wav: Path) -> tuple[threading.Thread, dict[str, httpx.Response]]:
+    """A transcription of `long_wav` sent from a thread, once its job runs; its response lands in the dict."""
     outcome: dict[str, httpx.Response] = {}
 
     def transcribe() -> None:
@@ -125,10 +123,18 @@ def test_sigterm_lets_a_running_transcription_finish_within_the_grace_period(
             outcome["response"] = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL})
 
     worker = threading.Thread(target=transcribe)
+    worker.start()
+    with gateway.client() as client:
+        assert wait_until(lambda: running_jobs(client) >= 1, timeout=60)
+    return worker, outcome
+
+
+def test_sigterm_lets_a_running_transcription_finish_within_the_grace_period(
+        models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
+    # The stop's ordinary case: what runs when SIGTERM comes is answered in full, then the gateway exits.
+    gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "120"})
     try:
-        worker.start()
-        with gateway.client() as client:
-            assert wait_until(lambda: running_jobs(client) >= 1, timeout=60)
+        worker, outcome = transcription_running(gateway, long_wav)
         gateway.process.send_signal(signal.SIGTERM)
         gateway.process.wait(timeout=150)
         worker.join(timeout=30)
@@ -144,17 +150,8 @@ def test_sigterm_ends_a_running_transcription_with_the_envelope_and_leaves_no_ch
         models_cache: Path, tmp_path: Path, long_wav: Path) -> None:
     # No grace: whatever runs when the stop comes is ended by the drain. Before: a plain-text 500.
     gateway = start_gateway(models_cache, tmp_path, {"AISTACK_SERVER__SHUTDOWN_GRACE_S": "0"})
-    outcome: dict[str, httpx.Response] = {}
-
-    def transcribe() -> None:
-        with httpx.Client(base_url=gateway.url, timeout=120) as client, open(long_wav, "rb") as audio:
-            outcome["response"] = client.post("/v1/audio/transcriptions", files={"file": audio}, data={"model": MODEL})
-
-    worker = threading.Thread(target=transcribe)
     try:
-        worker.start()
-        with gateway.client() as client:
-            assert wait_until(lambda: running_jobs(client) >= 1, timeout=60)
+        worker, outcome = transcription_running(gateway, long_wav)
         children = psutil.Process(gateway.process.pid).children(recursive=True)
         gateway.process.send_signal(signal.SIGTERM)
         gateway.process.wait(timeout=30)
