@@ -30,6 +30,20 @@ def embedded_state(client: httpx.Client) -> dict:
     return client.get("/ready", headers=AUTH).json()["embedded_llm"]
 
 
+
+def refusals_until_served(client: httpx.Client, chat: dict) -> list[httpx.Response]:
+    """The 503s a chat gets until it is answered 200 again (the embedded child restarting)."""
+    refusals: list[httpx.Response] = []
+
+    def served() -> bool:
+        response = client.post("/v1/chat/completions", json=chat, headers=AUTH)
+        if response.status_code == 503:
+            refusals.append(response)
+        return response.status_code == 200
+
+    assert wait_until(served, timeout=120)
+    return refusals
+
 def test_the_child_has_its_own_key_no_aistack_secrets_and_survives_being_killed_mid_stream(
         models_cache: Path, tmp_path: Path) -> None:
     env = {
@@ -76,15 +90,7 @@ def test_the_child_has_its_own_key_no_aistack_secrets_and_survives_being_killed_
             assert sum("error" in event for event in events) == 1
 
             # Until it runs again: 503 with Retry-After, never a 503 without it; then served again.
-            refusals: list[httpx.Response] = []
-
-            def served() -> bool:
-                response = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
-                if response.status_code == 503:
-                    refusals.append(response)
-                return response.status_code == 200
-
-            assert wait_until(served, timeout=120)
+            refusals = refusals_until_served(client, CHAT)
             assert all(int(r.headers["retry-after"]) >= 1 for r in refusals), [r.headers for r in refusals]
             assert all(r.json()["error"]["kind"] == "network" for r in refusals)
             assert embedded_state(client)["restarts"] >= 1
@@ -112,16 +118,8 @@ def test_the_packaged_child_started_on_demand_killed_gets_503_with_retry_after_a
 
             child = psutil.Process(embedded_state(client)["pid"])
             child.kill()
-            refusals: list[httpx.Response] = []
-
-            def served() -> bool:
-                response = client.post("/v1/chat/completions", json=chat, headers=AUTH)
-                if response.status_code == 503:
-                    refusals.append(response)
-                return response.status_code == 200
-
             # A request in the moment after the death is refused (503) or waits for the restart (200).
-            assert wait_until(served, timeout=120)
+            refusals = refusals_until_served(client, chat)
             assert all(int(r.headers.get("retry-after", "0")) >= 1 for r in refusals), [r.headers for r in refusals]
             wrong = client.get("/v1/models", headers={"Authorization": "Bearer a-wrong-key-presented"})
             assert wrong.status_code == 401 and "a-wrong-key-presented" not in wrong.text
