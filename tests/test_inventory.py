@@ -364,3 +364,12 @@ def test_unavailable_backends_do_not_count_for_auto():
     auto = snapshot.listing()[0]
     assert auto.id == AUTO_ID and auto.supports_streaming is True
     assert snapshot.card("parakeet-v3") is None and snapshot.card("whisper-small") is not None
+
+
+def test_an_engine_in_this_process_is_not_listed_down_for_a_probe_slower_than_the_network_timeout():
+    # A busy machine: the file checks of a local engine's probe take longer than a server's probe may.
+    slow = SlowBackend("piper", (tts(),), delay=0.5)
+    inventory = Inventory([slow], probe_timeout_s=0.1, ttl_s=60, in_process=["piper"])
+    snapshot = asyncio.run(inventory.snapshot())
+    assert [c.id for c in snapshot.cards] == ["piper-joe"]
+    assert status_of(snapshot, "piper").unavailable == ()

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -85,10 +85,19 @@ class Snapshot:
         return ([auto] if auto else []) + list(self.cards)
 
 
+# How long a probe of an engine in this process (file checks) may take before its engine is listed as
+# down. Not `probe_timeout_s`, which is for servers over the network: on a busy machine a file check
+# can take longer than that, and a model loaded here must not vanish from the listing for it.
+LOCAL_PROBE_TIMEOUT_S = 10.0
+
+
 class Inventory:
-    def __init__(self, backends: Sequence[ProbedEngine], probe_timeout_s: float, ttl_s: float) -> None:
+    def __init__(self, backends: Sequence[ProbedEngine], probe_timeout_s: float, ttl_s: float,
+                 in_process: Collection[str] = ()) -> None:
+        """`in_process`: the providers whose probes are local and get LOCAL_PROBE_TIMEOUT_S."""
         self.backends = tuple(backends)
         self.probe_timeout_s = probe_timeout_s
+        self._in_process = frozenset(in_process)
         self.ttl_s = ttl_s
         self._snapshot: Snapshot | None = None
         # Kept across `invalidate` (for metrics): the latest listing, while the next one is being taken.
@@ -177,11 +186,12 @@ class Inventory:
             self.probe_seconds[backend.provider] = time.perf_counter() - started
 
     async def _probe_timed(self, backend: ProbedEngine) -> BackendStatus:
+        timeout_s = LOCAL_PROBE_TIMEOUT_S if backend.provider in self._in_process else self.probe_timeout_s
         try:
             future = asyncio.wrap_future(self._probe_future(backend))
-            status = await asyncio.wait_for(asyncio.shield(future), self.probe_timeout_s)
+            status = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
-            reason = f"its probe did not answer within {self.probe_timeout_s:g} s"
+            reason = f"its probe did not answer within {timeout_s:g} s"
         except Exception as error:  # a broken backend must not break the listing
             log.warning("probe of %s failed: %s", backend.provider, error)
             reason = f"its probe failed: {error}"

@@ -146,7 +146,8 @@ def build_runtime(settings: Settings) -> Runtime:
     chat = chat_upstreams(settings, embedded, taken={AUTO_PROVIDER, *by_provider, *upstreams})
     # A server started on demand is loaded and unloaded by the lifecycle, like a model in this process.
     by_provider.update({p: u for p, u in chat.items() if isinstance(u, OnDemandServerBackend)})
-    inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s)
+    inventory = Inventory((*backends, *upstreams.values(), *chat.values()), settings.probe_timeout_s, settings.inventory_ttl_s,
+                          in_process=[b.provider for b in backends])
     if embedded is not None:
         # Once it runs (or dies), requests see it at once rather than after the listing's TTL.
         embedded.state_listeners.append(inventory.invalidate)
