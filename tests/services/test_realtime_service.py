@@ -30,6 +30,30 @@ def appends(audio: bytes) -> list[wire.InputAudioBufferAppend]:
             for i in range(0, len(audio), frame)]
 
 
+def early_final_runtime(models_cache: Path):
+    """No partial decodes (a long delta interval), so nothing but a turn's final can hold the slot."""
+    from aistack.settings import RealtimeSettings
+
+    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
+                                     realtime=RealtimeSettings(delta_interval_s=3600)))
+    runtime.prepare_weights()
+    return runtime
+
+
+async def first_completed(runtime, speech: bytes) -> tuple[object, wire.TranscriptionCompleted | None]:
+    """A GA session on whisper-tiny.en with server VAD, sent `speech`; the session and its first completed."""
+    session = await runtime.realtime.open("ga")
+    await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "transcription": {"model": "whisper-tiny.en"}}}}}))
+    for append in appends(speech):
+        await session.receive(append)
+    async for item in session.events():
+        assert not isinstance(item, (SessionEnd, wire.TranscriptionFailed)), item
+        if isinstance(item, wire.TranscriptionCompleted):
+            return session, item
+    return session, None
+
+
 def test_a_session_turns_appended_speech_into_a_transcript_and_closes_clean(models_cache: Path, english_wav: Path) -> None:
     runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False)))
     runtime.prepare_weights()
@@ -80,26 +104,11 @@ def test_a_session_turns_appended_speech_into_a_transcript_and_closes_clean(mode
 
 
 def test_the_final_decode_starts_in_the_trailing_silence_and_is_the_turns_transcript(models_cache: Path, english_wav: Path) -> None:
-    from aistack.settings import RealtimeSettings
-
-    # No partial decodes (a long delta interval), so nothing but the early final can hold the slot.
-    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
-                                     realtime=RealtimeSettings(delta_interval_s=3600)))
-    runtime.prepare_weights()
+    runtime = early_final_runtime(models_cache)
     speech = bytes(24_000) + pcm16_24k(english_wav) + bytes(48_000)  # 0.5 s, the sentence, 1 s
 
     async def body() -> None:
-        session = await runtime.realtime.open("ga")
-        await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
-            "transcription": {"model": "whisper-tiny.en"}}}}}))
-        for append in appends(speech):
-            await session.receive(append)
-        completed = None
-        async for item in session.events():
-            assert not isinstance(item, (SessionEnd, wire.TranscriptionFailed)), item
-            if isinstance(item, wire.TranscriptionCompleted):
-                completed = item
-                break
+        session, completed = await first_completed(runtime, speech)
         assert completed is not None and words(completed.transcript) == words(ENGLISH_SENTENCE)
         assert (session.stats.turns, session.stats.early_finals, session.stats.deltas) == (1, 1, 0)
         await session.close()
@@ -109,28 +118,14 @@ def test_the_final_decode_starts_in_the_trailing_silence_and_is_the_turns_transc
 
 
 def test_speech_that_resumes_in_a_short_pause_keeps_its_words_in_the_turn(models_cache: Path, english_wav: Path) -> None:
-    from aistack.settings import RealtimeSettings
-
-    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
-                                     realtime=RealtimeSettings(delta_interval_s=3600)))
-    runtime.prepare_weights()
+    runtime = early_final_runtime(models_cache)
     sentence = pcm16_24k(english_wav)
     # With the sentence's own edges a pause of about 0.33 s: past the 0.2 s after which the final starts
     # early, short of the 0.5 s that ends a turn.
     speech = bytes(24_000) + sentence + bytes(5_760) + sentence + bytes(48_000)
 
     async def body() -> None:
-        session = await runtime.realtime.open("ga")
-        await session.receive(event({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
-            "transcription": {"model": "whisper-tiny.en"}}}}}))
-        for append in appends(speech):
-            await session.receive(append)
-        completed = None
-        async for item in session.events():
-            assert not isinstance(item, (SessionEnd, wire.TranscriptionFailed)), item
-            if isinstance(item, wire.TranscriptionCompleted):
-                completed = item
-                break
+        session, completed = await first_completed(runtime, speech)
         assert completed is not None and words(completed.transcript) == words(ENGLISH_SENTENCE) * 2
         assert session.stats.turns == 1
         await session.close()
@@ -139,11 +134,7 @@ def test_speech_that_resumes_in_a_short_pause_keeps_its_words_in_the_turn(models
 
 
 def test_after_a_clear_speech_is_placed_and_cut_in_the_sessions_own_time(models_cache: Path, english_wav: Path) -> None:
-    from aistack.settings import RealtimeSettings
-
-    runtime = build_runtime(Settings(cache_dir=models_cache, whisper=WhisperSettings(worker_process=False),
-                                     realtime=RealtimeSettings(delta_interval_s=3600)))
-    runtime.prepare_weights()
+    runtime = early_final_runtime(models_cache)
     sentence = pcm16_24k(english_wav)
     before_clear = bytes(24_000) + sentence[:len(sentence) // 4 * 2]  # 0.5 s, then half the sentence
     after_clear = bytes(48_000) + sentence + bytes(48_000)  # 1 s, the whole sentence, 1 s
