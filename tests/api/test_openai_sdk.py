@@ -57,7 +57,9 @@ def test_gpt_4o_transcribe_is_served_as_auto(sdk: OpenAI, english_wav: Path) -> 
 
 def test_translation(sdk: OpenAI, german_wav: Path) -> None:
     with open(german_wav, "rb") as audio:
-        result = sdk.audio.translations.create(model="whisper-1", file=audio)
+        # Greedy only: at the default schedule a window Whisper finds doubtful is decoded again by sampling,
+        # which differs from run to run (one run in seven lost "morning" so).
+        result = sdk.audio.translations.create(model="whisper-1", file=audio, temperature=0)
     assert "morning" in words(result.text)
 
 
